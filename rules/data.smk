@@ -1,0 +1,32 @@
+# Kinetics-400 tree -> train/val/test CSVs (upstream format), labels and the dropped-video report.
+
+
+def kinetics_tree(wildcards):
+    """The demo's tree is made by rules/demo.smk; a user's tree is just there."""
+    return rules.demo_videos.output if "demo" in config else []
+
+
+rule splits:
+    input:
+        kinetics_tree,
+    output:
+        train=f"{RESULTS}/splits/train.csv",
+        val=f"{RESULTS}/splits/val.csv",
+        test=f"{RESULTS}/splits/test.csv",
+        labels=f"{RESULTS}/splits/labels.csv",
+        dropped=f"{RESULTS}/splits/dropped.csv",
+        summary=f"{RESULTS}/splits/summary.json",
+    log:
+        f"{RESULTS}/logs/splits.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        kinetics=as_json(config["kinetics"]),
+        cache=f"{RESULTS}/cache/probe",
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "python scripts/make_splits.py --kinetics {params.kinetics:q} --cache {params.cache:q}"
+        " --threads {threads} --out-dir $(dirname {output.train:q}) 2> {log:q}"

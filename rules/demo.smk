@@ -1,0 +1,42 @@
+# The embedded demo's inputs: a synthetic, learnable Kinetics-shaped video set and tiny
+# pretrained checkpoints in the exact upstream key layouts. Active only with demo/config.yaml.
+
+if "demo" in config:
+
+    localrules:
+        demo_videos,
+        demo_checkpoint,
+
+    rule demo_videos:
+        output:
+            # the tree's annotation CSVs mark it complete (written last)
+            train=f"{config['kinetics']['root']}/{config['kinetics']['annotations']['train']}",
+            val=f"{config['kinetics']['root']}/{config['kinetics']['annotations']['val']}",
+        log:
+            f"{RESULTS}/logs/demo_videos.log",
+        conda:
+            "../envs/data.yaml"
+        params:
+            demo=as_json(config["demo"]),
+            kinetics=as_json(config["kinetics"]),
+        shell:
+            "python scripts/make_demo.py videos --demo {params.demo:q} --kinetics {params.kinetics:q}"
+            " 2> {log:q}"
+
+    def demo_pretrained(ckpt):
+        """Format and arch of the model that demo checkpoint `ckpt` pretrains."""
+        model = next(m for m in config["models"].values() if m["pretrained"] == ckpt)
+        return {"format": config["checkpoints"][ckpt]["format"], "arch": model["arch"]}
+
+    rule demo_checkpoint:
+        output:
+            f"{RESULTS}/pretrained/{{ckpt}}.pth",
+        log:
+            f"{RESULTS}/logs/demo_checkpoint/{{ckpt}}.log",
+        conda:
+            "../envs/train.yaml"
+        params:
+            spec=lambda wc: as_json(demo_pretrained(wc.ckpt)),
+        shell:
+            "python scripts/make_demo.py checkpoint --spec {params.spec:q} --output {output:q}"
+            " 2> {log:q}"

@@ -1,0 +1,45 @@
+# One fine-tuning job per model: torchrun data parallel, resumable. The resume state lives
+# in <results>/state/<model>/ (not a declared output, so a failed or preempted job never
+# loses it); the declared outputs appear only when training completes.
+
+
+def finetune_params(model):
+    """Exactly what changes the fine-tuned weights (evaluation settings are not here)."""
+    spec = config["models"][model]
+    return {
+        "arch": spec["arch"],
+        "finetune": spec["finetune"],
+        "recipe": config["recipe"],
+        "data": config["data"],
+        "num_classes": config["kinetics"]["num_classes"],
+        "pretrained_format": config["checkpoints"][spec["pretrained"]]["format"],
+    }
+
+
+rule finetune:
+    input:
+        train=rules.splits.output.train,
+        val=rules.splits.output.val,
+        pretrained=lambda wc: f"{RESULTS}/checkpoints/{config['models'][wc.model]['pretrained']}.pth",
+    output:
+        weights=f"{RESULTS}/finetune/{{model}}/final.pt",
+        log=f"{RESULTS}/finetune/{{model}}/train_log.jsonl",
+    log:
+        f"{RESULTS}/logs/finetune/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune/{{model}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    params:
+        spec=lambda wc: as_json(finetune_params(wc.model)),
+        state=lambda wc: f"{RESULTS}/state/{wc.model}",
+        launch=launcher("finetune"),
+        device=config["launch"]["finetune"]["device"],
+    threads: 2
+    resources:
+        gpu=gpus("finetune"),
+        nodes=config["launch"]["finetune"]["nodes"],
+    shell:
+        "{params.launch} scripts/finetune.py --spec {params.spec:q} --device {params.device}"
+        " --train {input.train:q} --val {input.val:q} --pretrained {input.pretrained:q}"
+        " --state-dir {params.state:q} --out-dir $(dirname {output.weights:q}) 2> {log:q}"

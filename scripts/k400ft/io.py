@@ -1,0 +1,63 @@
+"""Small helpers every stage shares: atomic outputs, logging, JSON arguments."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temp file beside `path`; on success flush, fsync and rename it onto `path`.
+
+    On any error the temp file is removed and `path` is left as it was (absent or the old
+    version), so no reader ever sees a half-written output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def setup_logging(name: str = "k400ft") -> logging.Logger:
+    """Log to stderr (which each rule sends to its log file) with timestamps."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        force=True,
+    )
+    return logging.getLogger(name)
+
+
+def load_json_arg(text: str, what: str) -> dict:
+    """Parse a JSON command-line argument, naming the argument on error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"error: {what} is not valid JSON ({err}): {text[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"error: {what} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -1,0 +1,7 @@
+"""Shared test set-up: the library under scripts/ is importable like the scripts see it."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
