@@ -7,12 +7,6 @@ localrules:
     checkpoint,
 
 
-def checkpoint_source(wildcards):
-    """A checkpoint given by `path` is this rule's input (so the demo can make it)."""
-    spec = config["checkpoints"][wildcards.ckpt]
-    return [spec["path"]] if "path" in spec else []
-
-
 rule checkpoint:
     input:
         checkpoint_source,
@@ -20,12 +14,12 @@ rule checkpoint:
         pth=f"{RESULTS}/checkpoints/{{ckpt}}.pth",
     log:
         f"{RESULTS}/logs/checkpoint/{{ckpt}}.log",
+    retries: 2
     conda:
         "../envs/download.yaml"
     params:
         spec=lambda wc: as_json(config["checkpoints"][wc.ckpt]),
         lock=lambda wc: f"{RESULTS}/checkpoints/{wc.ckpt}.sha256",
-    retries: 2
     shell:
         "python scripts/download_checkpoint.py --name {wildcards.ckpt} --spec {params.spec:q}"
         " --lock {params.lock:q} --output {output.pth:q} 2> {log:q}"

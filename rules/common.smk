@@ -4,7 +4,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
 validate(config, "../schemas/config.schema.yaml")
 
 RESULTS = config["results"]
@@ -55,3 +54,84 @@ def all_outputs():
     return [
         *rules.report.output,
     ]
+
+
+# demo stage
+def demo_pretrained(ckpt):
+    """Format and arch of the model that demo checkpoint `ckpt` pretrains."""
+    model = next(m for m in config["models"].values() if m["pretrained"] == ckpt)
+    shape = ("patchify", "img_size", "num_frames", "patch_size", "tubelet_size")
+    shape += ("embed_dim", "depth", "num_heads", "mlp_ratio")  # not fine-tune-only keys
+    arch = {key: model["arch"][key] for key in shape}
+    return {"format": config["checkpoints"][ckpt]["format"], "arch": arch}
+
+
+# checkpoints stage
+def checkpoint_source(wildcards):
+    """A checkpoint given by `path` is this rule's input (so the demo can make it)."""
+    spec = config["checkpoints"][wildcards.ckpt]
+    return [spec["path"]] if "path" in spec else []
+
+
+# data stage
+def kinetics_tree(wildcards):
+    """The demo's tree is made by rules/demo.smk; a user's tree is just there."""
+    return rules.demo_videos.output if "demo" in config else []
+
+
+# finetune stage
+def finetune_params(model):
+    """Exactly what changes the fine-tuned weights (evaluation settings are not here)."""
+    spec = config["models"][model]
+    return {
+        "arch": spec["arch"],
+        "finetune": spec["finetune"],
+        "recipe": config["recipe"],
+        "data": config["data"],
+        "num_classes": config["kinetics"]["num_classes"],
+        "pretrained_format": config["checkpoints"][spec["pretrained"]]["format"],
+    }
+
+
+# evaluate stage
+def eval_weights(wildcards):
+    """Our fine-tuned weights, or a released checkpoint for an eval-only row."""
+    if wildcards.row in config["models"]:
+        return rules.finetune.output.weights.format(model=wildcards.row)
+    return (
+        f"{RESULTS}/checkpoints/{config['released'][wildcards.row]['checkpoint']}.pth"
+    )
+
+
+def eval_params(row):
+    """Exactly what changes the evaluation of `row` (never fine-tuning settings)."""
+    spec = row_spec(row)
+    return {
+        "arch": spec["arch"],
+        "data": config["data"],
+        "evaluate": config["evaluate"],
+        "num_classes": config["kinetics"]["num_classes"],
+        "weights_format": (
+            "ours"
+            if row in config["models"]
+            else config["checkpoints"][spec["checkpoint"]]["format"]
+        ),
+    }
+
+
+# report stage
+def report_params():
+    """What the table needs besides the metrics files."""
+    return {
+        "rows": {
+            row: {
+                "name": row_spec(row)["name"],
+                "pretrain_epochs": row_spec(row)["pretrain_epochs"],
+                "published": row_spec(row)["published"],
+                "finetuned": row in config["models"],
+            }
+            for row in ROWS
+        },
+        "num_frames": config["data"]["num_frames"],
+        "evaluate": config["evaluate"],
+    }

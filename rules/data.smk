@@ -1,11 +1,6 @@
 # Kinetics-400 tree -> train/val/test CSVs (upstream format), labels and the dropped-video report.
 
 
-def kinetics_tree(wildcards):
-    """The demo's tree is made by rules/demo.smk; a user's tree is just there."""
-    return rules.demo_videos.output if "demo" in config else []
-
-
 rule splits:
     input:
         kinetics_tree,
@@ -20,13 +15,13 @@ rule splits:
         f"{RESULTS}/logs/splits.log",
     conda:
         "../envs/data.yaml"
-    params:
-        kinetics=as_json(config["kinetics"]),
-        cache=f"{RESULTS}/cache/probe",
     threads: 8
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        kinetics=as_json(config["kinetics"]),
+        cache=f"{RESULTS}/cache/probe",
     shell:
         "python scripts/make_splits.py --kinetics {params.kinetics:q} --cache {params.cache:q}"
         " --threads {threads} --out-dir $(dirname {output.train:q}) 2> {log:q}"

@@ -23,11 +23,6 @@ if "demo" in config:
             "python scripts/make_demo.py videos --demo {params.demo:q} --kinetics {params.kinetics:q}"
             " 2> {log:q}"
 
-    def demo_pretrained(ckpt):
-        """Format and arch of the model that demo checkpoint `ckpt` pretrains."""
-        model = next(m for m in config["models"].values() if m["pretrained"] == ckpt)
-        return {"format": config["checkpoints"][ckpt]["format"], "arch": model["arch"]}
-
     rule demo_checkpoint:
         output:
             f"{RESULTS}/pretrained/{{ckpt}}.pth",

@@ -2,24 +2,6 @@
 # per-view logits and metrics. Changing evaluation settings re-runs only this and the table.
 
 
-def eval_weights(wildcards):
-    if wildcards.row in config["models"]:
-        return rules.finetune.output.weights.format(model=wildcards.row)
-    return f"{RESULTS}/checkpoints/{config['released'][wildcards.row]['checkpoint']}.pth"
-
-
-def eval_params(row):
-    spec = row_spec(row)
-    return {
-        "arch": spec["arch"],
-        "data": config["data"],
-        "evaluate": config["evaluate"],
-        "num_classes": config["kinetics"]["num_classes"],
-        "weights_format": "ours" if row in config["models"] else
-        config["checkpoints"][spec["checkpoint"]]["format"],
-    }
-
-
 rule evaluate:
     input:
         test=rules.splits.output.test,
@@ -33,14 +15,14 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{{row}}.tsv"
     conda:
         "../envs/train.yaml"
-    params:
-        spec=lambda wc: as_json(eval_params(wc.row)),
-        launch=launcher("evaluate"),
-        device=config["launch"]["evaluate"]["device"],
     threads: 2
     resources:
         gpu=gpus("evaluate"),
         nodes=config["launch"]["evaluate"]["nodes"],
+    params:
+        spec=lambda wc: as_json(eval_params(wc.row)),
+        launch=launcher("evaluate"),
+        device=config["launch"]["evaluate"]["device"],
     shell:
         "{params.launch} scripts/evaluate.py --spec {params.spec:q} --device {params.device}"
         " --test {input.test:q} --weights {input.weights:q} --out-dir $(dirname {output.metrics:q})"

@@ -3,19 +3,6 @@
 # loses it); the declared outputs appear only when training completes.
 
 
-def finetune_params(model):
-    """Exactly what changes the fine-tuned weights (evaluation settings are not here)."""
-    spec = config["models"][model]
-    return {
-        "arch": spec["arch"],
-        "finetune": spec["finetune"],
-        "recipe": config["recipe"],
-        "data": config["data"],
-        "num_classes": config["kinetics"]["num_classes"],
-        "pretrained_format": config["checkpoints"][spec["pretrained"]]["format"],
-    }
-
-
 rule finetune:
     input:
         train=rules.splits.output.train,
@@ -30,15 +17,15 @@ rule finetune:
         f"{RESULTS}/benchmarks/finetune/{{model}}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=gpus("finetune"),
+        nodes=config["launch"]["finetune"]["nodes"],
     params:
         spec=lambda wc: as_json(finetune_params(wc.model)),
         state=lambda wc: f"{RESULTS}/state/{wc.model}",
         launch=launcher("finetune"),
         device=config["launch"]["finetune"]["device"],
-    threads: 2
-    resources:
-        gpu=gpus("finetune"),
-        nodes=config["launch"]["finetune"]["nodes"],
     shell:
         "{params.launch} scripts/finetune.py --spec {params.spec:q} --device {params.device}"
         " --train {input.train:q} --val {input.val:q} --pretrained {input.pretrained:q}"

@@ -5,22 +5,6 @@ localrules:
     report,
 
 
-def report_params():
-    return {
-        "rows": {
-            row: {
-                "name": row_spec(row)["name"],
-                "pretrain_epochs": row_spec(row)["pretrain_epochs"],
-                "published": row_spec(row)["published"],
-                "finetuned": row in config["models"],
-            }
-            for row in ROWS
-        },
-        "num_frames": config["data"]["num_frames"],
-        "evaluate": config["evaluate"],
-    }
-
-
 rule report:
     input:
         metrics=expand(rules.evaluate.output.metrics, row=ROWS),

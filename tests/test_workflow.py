@@ -1,0 +1,162 @@
+"""The workflow as a whole: config validation, the paper DAG, lint and formatting."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_JOBS = {"checkpoint": 3, "splits": 1, "finetune": 2, "evaluate": 3, "report": 1, "all": 1}
+
+
+def snakemake(*args, cwd=ROOT, check=True):
+    """Run the venv's snakemake; returns the completed process (stdout and stderr merged)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args],
+        check=False,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry-run."""
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def fake_kinetics(root: Path) -> Path:
+    """A Kinetics-400-shaped tree (official annotation layout) of empty files."""
+    (root / "annotations").mkdir(parents=True)
+    for split, csv in (("train", "train.csv"), ("val", "validate.csv")):
+        (root / split).mkdir()
+        lines = ["label,youtube_id,time_start,time_end,split,is_cc"]
+        for i, label in enumerate(["abseiling", "air drumming", "zumba"]):
+            youtube_id = f"{split[:2]}{i:09d}"
+            lines.append(f"{label},{youtube_id},10,20,{split},0")
+            (root / split / f"{youtube_id}_000010_000020.mp4").touch()
+        (root / "annotations" / csv).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_config(path: Path, edit) -> Path:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_paper_dag_dry_run(tmp_path):
+    """The full paper DAG from a K400-shaped tree, no network, no GPU."""
+    k400 = fake_kinetics(tmp_path / "k400")
+    out = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "config.yaml"),
+        "--config",
+        f"kinetics={{root: {k400}, layout: annotations}}",
+    ).stdout
+    assert job_counts(out) == PAPER_JOBS
+    for ckpt in ("catmae_vits16_pt300", "videomae_vits16_pt1600", "videomae_vits16_k400_ft"):
+        assert f"results/checkpoints/{ckpt}.pth" in out
+    assert "results/report/table.md" in out
+
+
+def test_demo_dag_dry_run(tmp_path):
+    out = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "demo/config.yaml"),
+        "--replace-workflow-config",
+    ).stdout
+    assert job_counts(out) == {
+        "demo_videos": 1,
+        "demo_checkpoint": 2,
+        "checkpoint": 2,
+        "splits": 1,
+        "finetune": 2,
+        "evaluate": 2,
+        "report": 1,
+        "all": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["recipe"].update(epochs_typo=3), r"'epochs_typo' was unexpected"),
+        (
+            lambda c: c["recipe"].update(epochs="many"),
+            r"'many' is not of type 'integer'[\s\S]*epochs",
+        ),
+        (lambda c: c["kinetics"].pop("root"), r"'root' is a required property"),
+        (
+            lambda c: c["models"]["catmae_vits16"]["arch"].update(patchify="4d"),
+            r"'4d' is not one of[\s\S]*patchify",
+        ),
+        (
+            lambda c: c["checkpoints"]["catmae_vits16_pt300"].update(path="/x.pth"),
+            r"is valid under each of",
+        ),
+    ],
+    ids=["unknown-key", "wrong-type", "missing-required", "bad-enum", "two-sources"],
+)
+def test_config_errors_name_the_key(tmp_path, edit, message):
+    config = write_config(tmp_path / "config.yaml", edit)
+    proc = snakemake(
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(config),
+        "--replace-workflow-config",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "Error validating config file" in proc.stdout
+    assert re.search(message, proc.stdout), proc.stdout[-3000:]
+
+
+def test_snakemake_lint():
+    proc = snakemake(
+        "--lint",
+        "--configfile",
+        str(ROOT / "demo/config.yaml"),
+        "--replace-workflow-config",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["snakefmt", "--check", "--diff", "Snakefile", "rules"],
+        ["ruff", "check", "."],
+        ["ruff", "format", "--check", "--diff", "."],
+    ],
+    ids=["snakefmt", "ruff-check", "ruff-format"],
+)
+def test_formatting_and_lint_clean(command):
+    proc = subprocess.run(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
