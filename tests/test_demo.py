@@ -1,0 +1,267 @@
+"""The demo's synthetic Kinetics-400 tree and tiny checkpoints (scripts/k400ft/demo.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+from unittest.mock import patch
+
+import decord
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from k400ft import demo, models
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+DEMO = {
+    "train_per_class": 3,
+    "val_per_class": 2,
+    "frames": [24, 32],
+    "height": 48,
+    "width": 64,
+    "broken": 3,
+    "seed": 3,
+}
+KINETICS = {
+    "root": "",  # set per tree
+    "layout": "annotations",
+    "annotations": {"train": "annotations/train.csv", "val": "annotations/validate.csv"},
+    "video_dirs": {"train": "train", "val": "val"},
+    "extensions": ["mp4"],
+    "num_classes": 8,
+}
+NAME = re.compile(r"^[A-Za-z0-9_-]{11}_\d{6}_\d{6}\.mp4$")
+
+
+def make_tree(root: Path, **changes) -> dict:
+    return demo.write_videos({**DEMO, **changes}, {**KINETICS, "root": str(root)})
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("k400")
+    make_tree(root)
+    return root
+
+
+def read_csvs(root: Path) -> dict[str, pd.DataFrame]:
+    return {s: pd.read_csv(root / KINETICS["annotations"][s]) for s in ("train", "val")}
+
+
+def planned() -> dict[str, demo.Clip]:
+    return {c.youtube_id: c for c in demo.plan_clips(DEMO)}
+
+
+def decode(path: Path) -> np.ndarray:
+    reader = decord.VideoReader(str(path), num_threads=1)
+    return reader.get_batch(list(range(len(reader)))).asnumpy()
+
+
+def test_class_names_are_sorted_kinetics_style_labels():
+    names = demo.class_names()
+    assert len(names) == 8 == len(set(names))
+    assert names == sorted(names)
+    assert all(re.fullmatch(r"[a-z]+( [a-z]+)+", n) for n in names)
+    assert names[0] == "blue squares moving down" and names[-1] == "red squares standing still"
+
+
+def test_tree_has_the_official_annotation_layout(tree):
+    csvs = read_csvs(tree)
+    for split, df in csvs.items():
+        text = (tree / KINETICS["annotations"][split]).read_text()
+        assert text.splitlines()[0] == "label,youtube_id,time_start,time_end,split,is_cc"
+        assert text.splitlines()[1].startswith(
+            '"blue squares moving down",'
+        )  # labels with spaces quoted
+        assert list(df.columns) == list(demo.CSV_COLUMNS)
+        assert set(df["split"]) == {split}  # the official lists say 'train' / 'val'
+        assert sorted(set(df["label"])) == demo.class_names()
+        assert (df.groupby("label").size() == DEMO[f"{split}_per_class"]).all()
+        assert list(df["label"]) == sorted(df["label"])
+        assert (df["time_end"] - df["time_start"] == 10).all()
+        assert (df["is_cc"] == 0).all()
+        for row in df.itertuples():
+            name = f"{row.youtube_id}_{row.time_start:06d}_{row.time_end:06d}.mp4"
+            assert NAME.match(name), name
+    ids = pd.concat(csvs.values())["youtube_id"]
+    assert ids.is_unique and (ids.str.len() == 11).all()
+    listed = {
+        f"{r.youtube_id}_{r.time_start:06d}_{r.time_end:06d}.mp4"
+        for df in csvs.values()
+        for r in df.itertuples()
+    }
+    on_disk = {p.name for d in KINETICS["video_dirs"].values() for p in (tree / d).iterdir()}
+    assert (
+        on_disk <= listed and len(listed - on_disk) == 1
+    )  # one listed clip is missing; no temp files left
+
+
+def test_videos_decode_to_the_planned_frames_and_size(tree):
+    plan = planned()
+    good = [c for c in plan.values() if c.defect is None]
+    lo, hi = DEMO["frames"]
+    assert len({c.num_frames for c in good}) > 1 and all(lo <= c.num_frames <= hi for c in good)
+    for clip in good:
+        reader = decord.VideoReader(
+            str(tree / KINETICS["video_dirs"][clip.split] / clip.filename), num_threads=1
+        )
+        assert len(reader) == clip.num_frames
+        assert reader.get_avg_fps() == pytest.approx(25.0)
+        assert reader[0].shape == (DEMO["height"], DEMO["width"], 3)
+
+
+def test_broken_entries_are_broken_the_intended_way(tree):
+    plan = planned()
+    broken = [c for c in plan.values() if c.defect]
+    assert sorted(c.defect for c in broken) == ["missing", "not_video", "truncated", "zero_byte"]
+    assert {c.split for c in broken} == {"train", "val"}
+    assert len({c.label for c in broken}) == len(broken)  # spread over classes
+    for clip in broken:
+        path = tree / KINETICS["video_dirs"][clip.split] / clip.filename
+        if clip.defect == "missing":
+            assert not path.exists()
+            continue
+        data = path.read_bytes()
+        if clip.defect == "zero_byte":
+            assert data == b""
+        elif clip.defect == "not_video":
+            assert data.startswith(b"<!DOCTYPE html>")
+        else:
+            whole = demo.encode_h264(
+                demo.render_clip(clip, DEMO["height"], DEMO["width"], DEMO["seed"])
+            )
+            assert data == whole[: int(len(whole) * demo.TRUNCATE_AT)] and len(data) > 1000
+        with pytest.raises((RuntimeError, decord.DECORDError)):  # what the data stage must catch
+            decord.VideoReader(str(path), num_threads=1)
+
+
+def test_same_seed_same_tree_other_seed_other_tree(tree, tmp_path):
+    make_tree(tmp_path / "again")
+    for rel in KINETICS["annotations"].values():
+        assert (tmp_path / "again" / rel).read_bytes() == (tree / rel).read_bytes()
+    clip = next(c for c in demo.plan_clips(DEMO) if c.defect is None)
+    rel = Path(KINETICS["video_dirs"][clip.split]) / clip.filename
+    assert (tmp_path / "again" / rel).read_bytes() == (tree / rel).read_bytes()
+    other = demo.plan_clips({**DEMO, "seed": 4})
+    assert {c.youtube_id for c in other}.isdisjoint(planned())
+
+
+def motion_colour_features(frames: np.ndarray, lag: int = 4, reach: int = 6) -> np.ndarray:
+    """(vertical velocity, |horizontal velocity|, red-minus-blue) of the coloured squares.
+
+    Velocity: the shift (within +-reach px) maximising the circular cross-correlation of the
+    squares' masks `lag` frames apart, median over the clip, in px/frame.
+    """
+    f = frames.astype(np.float32)
+    saturated = (f.max(-1) - f.min(-1)) > 60
+    spectra = np.fft.rfft2(saturated)
+    shifts = []
+    for a, b in zip(spectra[lag:], spectra[:-lag], strict=True):
+        corr = np.fft.irfft2(a * np.conj(b), s=saturated.shape[1:])
+        window = np.roll(corr, (reach, reach), axis=(0, 1))[: 2 * reach + 1, : 2 * reach + 1]
+        dy, dx = np.unravel_index(np.argmax(window), window.shape)
+        shifts.append((dy - reach, dx - reach))
+    vy, vx = np.median(np.array(shifts), axis=0) / lag
+    colour = (f[..., 0] - f[..., 2])[saturated].mean() / 255
+    return np.array([vy, abs(vx), colour])
+
+
+def test_classes_are_separable_by_motion_and_colour_even_when_flipped(tree):
+    """Nearest class centroid of simple features of the decoded train clips classifies the
+    decoded val clips, and their horizontal flips (the recipe's hflip), far above chance."""
+    plan = [c for c in demo.plan_clips(DEMO) if c.defect is None]
+    frames = {c: decode(tree / KINETICS["video_dirs"][c.split] / c.filename) for c in plan}
+    train = [c for c in plan if c.split == "train"]
+    names = demo.class_names()
+    centroids = np.stack(
+        [
+            np.mean([motion_colour_features(frames[c]) for c in train if c.label == n], 0)
+            for n in names
+        ]
+    )
+    val = [c for c in plan if c.split == "val"]
+    for flip in (False, True):
+        feats = [motion_colour_features(frames[c][:, :, ::-1] if flip else frames[c]) for c in val]
+        guess = [names[int(np.argmin(np.linalg.norm(centroids - f, axis=1)))] for f in feats]
+        right = sum(g == c.label for g, c in zip(guess, val, strict=True))
+        assert right / len(val) >= 0.9, (flip, right, len(val))
+
+
+@pytest.mark.parametrize(
+    ("demo_changes", "kinetics_changes", "key"),
+    [
+        ({}, {"layout": "class_folders"}, "kinetics.layout"),
+        ({}, {"num_classes": 400}, "kinetics.num_classes"),
+        ({"height": 47}, {}, "demo.height"),
+        ({"frames": [30, 20]}, {}, "demo.frames"),
+        ({"broken": 99}, {}, "demo.broken"),
+    ],
+)
+def test_bad_config_names_the_key_and_writes_nothing(tmp_path, demo_changes, kinetics_changes, key):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        demo.write_videos(
+            {**DEMO, **demo_changes}, {**KINETICS, "root": str(tmp_path / "t"), **kinetics_changes}
+        )
+    assert not (tmp_path / "t" / "annotations").exists()
+
+
+def run_cli(*args: str) -> None:
+    """scripts/make_demo.py in this process (argparse and all), as the rule calls it."""
+    with patch.object(sys, "argv", ["make_demo.py", *args]):
+        runpy.run_path(str(ROOT / "scripts/make_demo.py"), run_name="__main__")
+
+
+def test_cli_videos_writes_a_clean_tree_when_broken_is_zero(tmp_path):
+    small = {"train_per_class": 1, "val_per_class": 1, "frames": [8, 10], "height": 32, "width": 32}
+    small |= {"broken": 0, "seed": 0}
+    kinetics = {**KINETICS, "root": str(tmp_path / "k")}
+    run_cli("videos", "--demo", json.dumps(small), "--kinetics", json.dumps(kinetics))
+    df = read_csvs(tmp_path / "k")
+    assert [len(d) for d in df.values()] == [8, 8]
+    for split, d in df.items():
+        for r in d.itertuples():
+            path = (
+                tmp_path / "k" / split / f"{r.youtube_id}_{r.time_start:06d}_{r.time_end:06d}.mp4"
+            )
+            assert 8 <= len(decord.VideoReader(str(path), num_threads=1)) <= 10
+
+
+DEMO_CONFIG = yaml.safe_load((ROOT / "demo/config.yaml").read_text())
+
+
+@pytest.mark.parametrize("model", DEMO_CONFIG["models"].values(), ids=DEMO_CONFIG["models"])
+def test_cli_checkpoint_of_each_demo_model_has_the_upstream_layout_and_loads(tmp_path, model):
+    """The spec rules/demo.smk passes for each demo model: its checkpoint's format and arch."""
+    fmt = DEMO_CONFIG["checkpoints"][model["pretrained"]]["format"]
+    path = tmp_path / "pretrained" / f"{model['pretrained']}.pth"
+    run_cli(
+        "checkpoint",
+        "--spec",
+        json.dumps({"format": fmt, "arch": model["arch"]}),
+        "--output",
+        str(path),
+    )
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+    state_dict = models.read_state_dict(path)
+    models.check_layout(state_dict, fmt)
+    assert "mask_token" in state_dict and any("decoder" in k for k in state_dict)
+    report = models.load_pretrained(models.build_model(model["arch"], num_classes=8), path, fmt)
+    assert {k.split(".")[0] for k in report.missing} == {"fc_norm", "head"}
+
+
+def test_cli_checkpoint_rejects_a_non_pretraining_format(tmp_path):
+    spec = {
+        "format": "videomae_finetuned",
+        "arch": DEMO_CONFIG["models"]["videomae_vits16"]["arch"],
+    }
+    with pytest.raises(SystemExit, match="spec.format"):
+        run_cli("checkpoint", "--spec", json.dumps(spec), "--output", str(tmp_path / "c.pth"))
+    assert not list(tmp_path.iterdir())
