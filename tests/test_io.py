@@ -1,0 +1,38 @@
+"""The atomic output writer every stage uses."""
+
+import os
+import stat
+
+import pytest
+
+from k400ft.io import atomic_write, load_json_arg
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_write(target, "w") as handle:
+        handle.write("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as handle:
+        handle.write("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "first"
+    assert os.listdir(target.parent) == ["out.txt"]  # no temp file left behind
+
+
+def test_atomic_write_gives_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "out.bin") as handle:
+            handle.write(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == 0o644
+
+
+def test_load_json_arg_names_the_argument():
+    assert load_json_arg('{"a": 1}', "--spec") == {"a": 1}
+    with pytest.raises(SystemExit, match="--spec is not valid JSON"):
+        load_json_arg("{a: 1}", "--spec")
+    with pytest.raises(SystemExit, match="--spec must be a JSON object"):
+        load_json_arg("[1]", "--spec")
