@@ -1,0 +1,312 @@
+"""The report stage on fabricated evaluation outputs: table contents in every format, the views
+ablation from saved logits, plots, provenance, and the mapping of files to rows."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from k400ft import metrics, report
+
+ROOT = Path(__file__).resolve().parents[1]
+K = 8
+LABELS = [f"class {chr(97 + i)}" for i in range(K)]
+SPEC = {
+    "rows": {
+        "catmae_vits16": {
+            "name": "CatMAE ViT-S/16",
+            "pretrain_epochs": 300,
+            "published": {"top1": None, "top5": None},
+            "finetuned": True,
+        },
+        "videomae_vits16": {
+            "name": "VideoMAE ViT-S/16",
+            "pretrain_epochs": 1600,
+            "published": {"top1": 79.0, "top5": 93.8},
+            "finetuned": True,
+        },
+        "videomae_released": {
+            "name": "VideoMAE ViT-S/16 (released)",
+            "pretrain_epochs": 1600,
+            "published": {"top1": 79.0, "top5": 93.8},
+            "finetuned": False,
+        },
+    },
+    "num_frames": 16,
+    "evaluate": {"num_segments": 5, "num_crops": 3, "batch_views": 30},
+}
+
+
+def fabricated_logits(seed: int, num_videos: int = 24) -> dict[str, np.ndarray]:
+    """5 x 3 views per video: the centre view (segment 2, crop 1) is informative, the others
+    barely, so 1x1 beats 5x3 here (the reverse of real data) and shows which view 1x1 is."""
+    rng = np.random.default_rng(seed)
+    grid = [(v, s, c) for v in range(num_videos) for s in range(5) for c in range(3)]
+    video, segment, crop = (np.array(col) for col in zip(*grid, strict=True))
+    label = video % K
+    logits = rng.normal(size=(len(video), K))
+    centre = (segment == 2) & (crop == 1)
+    logits[np.arange(len(video)), label] += np.where(centre, 2.5, 0.1)
+    return {
+        "logits": logits.astype(np.float16),
+        "video": video.astype(np.int32),
+        "label": label.astype(np.int32),
+        "segment": segment.astype(np.int16),
+        "crop": crop.astype(np.int16),
+        "paths": np.array([f"/k400/val/v{i:03d}.mp4" for i in range(num_videos + 1)]),
+    }
+
+
+def write_train_log(path: Path, epochs: int = 3, steps: int = 4) -> None:
+    lines = []
+    for epoch in range(epochs):
+        for step in range(steps):
+            g = epoch * steps + step + 1  # optimiser steps done, as k400ft.finetune logs it
+            lines.append(
+                {
+                    "type": "step",
+                    "epoch": epoch,
+                    "step": g,
+                    "loss": 2.0 - 0.1 * g,
+                    "lr": 1e-3 * g / 12,
+                }
+            )
+        lines.append(
+            {
+                "type": "epoch",
+                "epoch": epoch,
+                "step": (epoch + 1) * steps,
+                "loss": 2.0 - 0.4 * epoch,
+                "lr": 1e-3,
+                "val_top1": 20.0 * (epoch + 1),
+                "val_top5": 50.0 + 10 * epoch,
+            }
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """Fabricated results tree, then scripts/make_report.py run on it (the rule's command)."""
+    results = tmp_path_factory.mktemp("results")
+    expected = {}
+    for seed, row in enumerate(SPEC["rows"]):
+        folder = results / "evaluate" / row
+        folder.mkdir(parents=True)
+        logits = fabricated_logits(seed)
+        np.savez_compressed(folder / "logits.npz", **logits)
+        scores = metrics.aggregate(
+            *(logits[k] for k in ("logits", "video", "segment", "crop", "label"))
+        )
+        acc = metrics.accuracy(scores)
+        expected[row] = acc
+        (folder / "metrics.json").write_text(
+            json.dumps(
+                {
+                    **acc,
+                    "videos": 24,
+                    "videos_listed": 25,
+                    "views": 15,
+                    "num_segments": 5,
+                    "num_crops": 3,
+                    "num_frames": 16,
+                    "excluded": [{"path": "/k400/val/v024.mp4", "reason": "empty file"}],
+                    "weights": f"{row}.pt",
+                    "weights_format": "ours",
+                    "weights_sha256": f"{seed:064x}",
+                    "spec_sha256": "ab" * 32,
+                    "wall_time_s": 12.5,
+                    "environment": {"device": "cpu"},
+                }
+            )
+        )
+    for row in ("catmae_vits16", "videomae_vits16"):
+        write_train_log(results / "finetune" / row / "train_log.jsonl")
+    plan = {"world_size": 4, "global_batch": 48, "accumulation": 1, "precision": "bf16"}
+    (results / "finetune/videomae_vits16/spec.json").write_text(
+        json.dumps({"spec": {"recipe": {}}, "plan": plan, "identity": "id", "torch": "2.14.1"})
+    )
+    (results / "splits").mkdir()
+    pd.DataFrame({"index": range(K), "name": LABELS}).to_csv(
+        results / "splits/labels.csv", index=False
+    )
+    (results / "benchmarks/evaluate").mkdir(parents=True)
+    (results / "benchmarks/evaluate/catmae_vits16.tsv").write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+        "61.5\t0:01:01\t812.3\t900.1\t700.2\t710.0\t1.0\t2.0\t95.0\t58.1\n"
+    )
+    rows = list(SPEC["rows"])
+    out = results / "report"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/make_report.py"),
+            "--spec",
+            json.dumps(SPEC),
+            "--metrics",
+            *(str(results / f"evaluate/{r}/metrics.json") for r in reversed(rows)),
+            "--logits",
+            *(str(results / f"evaluate/{r}/logits.npz") for r in rows),
+            "--train-logs",
+            *(str(results / f"finetune/{r}/train_log.jsonl") for r in rows[:2]),
+            "--labels",
+            str(results / "splits/labels.csv"),
+            "--benchmarks",
+            str(results / "benchmarks"),
+            "--out-dir",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, expected
+
+
+def test_table_markdown_rows_and_numbers(made):
+    out, expected = made
+    md = (out / "table.md").read_text()
+    main = md.split("## Accuracy by views")[0]
+    lines = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in main.splitlines()
+        if line.startswith("| ")
+    }
+    catmae = lines["CatMAE ViT-S/16"].split(" | ")
+    assert catmae[1:4] == ["300", "ours", "16x5x3"]
+    assert catmae[4:6] == [
+        f"{expected['catmae_vits16']['top1']:.1f}",
+        f"{expected['catmae_vits16']['top5']:.1f}",
+    ]
+    assert catmae[6:8] == ["24", "1"]
+    assert catmae[8:] == ["-", "-", "-", "- |"]  # nothing published for CatMAE
+    released = lines["VideoMAE ViT-S/16 (released)"].split(" | ")
+    top1 = expected["videomae_released"]["top1"]
+    assert released[2] == "released"
+    assert released[8:10] == ["79.0", "93.8"]
+    assert released[10] == f"{top1 - 79.0:+.1f}"
+    assert "| Model | 1x1 | 1x3 | 5x1 | 5x3 |" in md
+    assert '<td align="left">pretrain epoch</td>' in md  # the seed's layout, filled in
+
+
+def test_table_csv_has_unrounded_numbers_and_ablation(made):
+    out, expected = made
+    table = pd.read_csv(out / "table.csv")
+    assert table["key"].tolist() == list(SPEC["rows"])  # the spec's order, not the arguments'
+    for _, r in table.iterrows():
+        assert r["top1"] == pytest.approx(expected[r["key"]]["top1"], abs=1e-4)
+        assert r["top1_5x3"] == pytest.approx(r["top1"], abs=1e-4)  # ablation from logits = metrics
+    # the fabricated centre view is the informative one: 1x1 (segment 2, crop 1) beats 5x3
+    assert (table["top1_1x1"] > table["top1_5x3"] + 10).all()
+    assert (table["top5_5x3"] < 100).all()
+    assert table["published_top1"].isna().tolist() == [True, False, False]
+    assert table["delta_top5"].iloc[1] == pytest.approx(
+        expected["videomae_vits16"]["top5"] - 93.8, abs=1e-4
+    )
+
+
+def test_table_tex_and_html(made):
+    out, _ = made
+    tex = (out / "table.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}") and tex.rstrip().endswith(r"\end{tabular}")
+    assert tex.count(r"\\") == 4  # header + 3 rows
+    assert r"$\Delta$ Top-1" in tex
+    page = (out / "table.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "VideoMAE ViT-S/16 (released)" in page
+    assert "http" not in page  # self-contained: renders offline
+    assert page.count("<tr>") == 2 * (1 + 3)
+
+
+def test_plots_are_non_empty_png_and_pdf(made):
+    out, _ = made
+    for stem in ("training_curves", "accuracy_vs_views", "per_class"):
+        png = (out / f"{stem}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, stem
+        assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_provenance(made):
+    out, expected = made
+    record = json.loads((out / "provenance.json").read_text())
+    assert set(record["rows"]) == set(SPEC["rows"])
+    assert record["rows"]["videomae_vits16"]["weights_sha256"] == f"{1:064x}"
+    assert record["rows"]["videomae_released"]["train_log"] is None
+    assert record["rows"]["videomae_vits16"]["finetune"]["plan"]["global_batch"] == 48
+    assert record["rows"]["catmae_vits16"]["finetune"] is None  # no spec.json beside its log
+    assert record["stages"]["evaluate/catmae_vits16"] == {
+        "wall_s": 61.5,
+        "cpu_time_s": 58.1,
+        "max_rss_mb": 812.3,
+    }
+    assert record["report_environment"]["packages"]["numpy"] == np.__version__
+    assert "commit" in record["git"]
+    assert len(record["report_spec_sha256"]) == 64
+
+
+def test_paths_map_to_rows_by_folder():
+    rows = ["a", "b"]
+    assert report.by_row(["x/b/m.json", "x/a/m.json"], rows, "--metrics") == {
+        "a": Path("x/a/m.json"),
+        "b": Path("x/b/m.json"),
+    }
+    with pytest.raises(ValueError, match="folder 'c' is not a row"):
+        report.by_row(["x/a/m.json", "x/c/m.json"], rows, "--metrics")
+    with pytest.raises(ValueError, match="no file for row"):
+        report.by_row(["x/a/m.json"], rows, "--metrics")
+    with pytest.raises(ValueError, match="two files"):
+        report.by_row(["x/a/m.json", "y/a/m.json"], rows, "--metrics")
+
+
+def test_confused_pairs_and_per_class():
+    logits = {
+        "logits": np.eye(3)[[0, 1, 1, 2, 0]] * 5,
+        "video": np.arange(5),
+        "segment": np.zeros(5, int),
+        "crop": np.zeros(5, int),
+        "label": np.array([0, 0, 1, 2, 2]),
+    }
+    accuracy, confusion = report.per_class(logits, 4)
+    assert accuracy[:3].tolist() == [50.0, 100.0, 50.0] and np.isnan(accuracy[3])
+    assert report.confused_pairs(confusion, 5) == [(0, 1, 1), (2, 0, 1)]
+
+
+def test_bad_train_log_names_file_and_line(tmp_path):
+    path = tmp_path / "train_log.jsonl"
+    path.write_text('{"type": "step", "epoch": 0}\nnot json\n')
+    with pytest.raises(ValueError, match=r"train_log.jsonl:2: not JSON"):
+        report.read_train_log(path)
+
+
+def test_report_module_does_not_need_torch():
+    """The report's conda env has numpy, pandas and matplotlib only."""
+    code = "import sys; import k400ft.report; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT / "scripts", check=True, timeout=60)
+
+
+def test_step_records_land_on_fractional_epochs(tmp_path):
+    path = tmp_path / "finetune/m/train_log.jsonl"
+    write_train_log(path, epochs=2, steps=4)
+    steps, epochs = report.read_train_log(path)
+    assert report.step_epochs(steps).tolist() == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    assert epochs["val_top1"].tolist() == [20.0, 40.0]
+
+
+def test_metrics_of_other_views_than_the_config_are_refused(made):
+    out, _ = made
+    results = out.parent
+    spec = {**SPEC, "evaluate": {**SPEC["evaluate"], "num_segments": 4}}
+    rows = list(SPEC["rows"])
+    with pytest.raises(ValueError, match="evaluated with {'num_segments': 5}"):
+        report.load_rows(
+            spec,
+            [str(results / f"evaluate/{r}/metrics.json") for r in rows],
+            [str(results / f"evaluate/{r}/logits.npz") for r in rows],
+        )
