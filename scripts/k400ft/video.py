@@ -1,0 +1,719 @@
+"""The video data path of fine-tuning and evaluation: split CSVs, frame indices, crops, datasets.
+
+Reproduces the upstream loader (VideoMAE's `kinetics.py`, copied unchanged by CatMAE) fact by
+fact (REFERENCE.md sections 3 and 6); the functions that decide which pixels a model sees are
+pure and tested on their own. Where we differ from upstream, the docstring says so and why.
+
+Upstream, as we reproduce it:
+
+- train: one temporal window per video (`train_frame_indices`), decoded once; `num_sample`
+  (2) augmented clips from those frames. Per clip: RandAugment with ONE draw for all frames,
+  on the full-size uint8 frames, bicubic, fill (128, 128, 128) (upstream's
+  `create_random_augment` passes no `img_mean`); /255 and ImageNet normalisation; random
+  resized crop (scale 0.08-1, log-uniform ratio 3/4-4/3, 10 tries, centre fallback) resized
+  bilinearly to `input_size`; horizontal flip p 0.5; random erasing p 0.25, mode pixel, one
+  box at the same place in every frame with fresh N(0, 1) noise per frame (upstream's
+  `RandomErasing(cube=True)`).
+- validation (per epoch, one view): the same random temporal window as train, short side to
+  `short_side_size` (bilinear, long side truncated by int(), skipped when already there),
+  centre crop of `input_size` with offsets rounded by Python's round().
+- test: every `sampling_rate`-th frame of the whole video (repeated to `num_frames` if
+  fewer), short side to `short_side_size`, `num_segments` x `num_crops` views with
+  start int(k * (T - num_frames) / (S - 1)) and crop start int(c * (long - size) / (C - 1))
+  along the long side (along H for a square frame).
+
+How we make it fast without changing a pixel: every video is opened once per item and its
+distinct frame indices are decoded once, in increasing order (decord's `get_batch` seeks once
+and decodes forward); the test path decodes once and slices all views (upstream decodes the
+video once per view). decord runs with one thread per DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from decord import VideoReader, cpu
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from k400ft.io import atomic_write
+
+LOG = logging.getLogger("k400ft.video")
+
+# upstream run_class_finetuning.py: --train_interpolation default 'bicubic' (RandAugment's
+# resampling); --remode pixel, --recount 1 (random erasing); not recipe knobs in the paper.
+RAND_AUGMENT_INTERPOLATION = Image.Resampling.BICUBIC
+ERASE_MODE = "pixel"
+ERASE_COUNT = 1
+
+_LABEL = re.compile(r"[0-9]+")
+
+
+def _not_a_pytest_test(obj):
+    """Our test-time helpers are named test_* / Test* (the contract's names): mark them so
+    pytest does not collect them when a test module imports them by name."""
+    obj.__test__ = False
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Split CSVs
+# --------------------------------------------------------------------------------------------
+def write_split_csv(path: str | Path, rows: Iterable[tuple[str, int]]) -> None:
+    """Write a split CSV in upstream's format: one `<path> <label>` line per video, ONE space.
+
+    Format (UTF-8, paths byte-exact through surrogateescape): the path, one space, the
+    integer label, newline. A path may contain spaces (our `read_split_csv` splits on the
+    last run of whitespace; upstream's pandas reader cannot read such lines). Refused, so
+    that every file we write reads back unchanged: an empty path, a path with a line break
+    or with leading/trailing whitespace, a label that is not a non-negative integer.
+    """
+    lines = []
+    for number, (video, label) in enumerate(rows, start=1):
+        video = str(video)
+        if not video or video != video.strip() or "\n" in video or "\r" in video:
+            raise ValueError(
+                f"{path}: row {number}: path {video!r} cannot be written (empty, "
+                "a line break, or leading/trailing whitespace)"
+            )
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label < 0:
+            raise ValueError(f"{path}: row {number}: label {label!r} is not a non-negative integer")
+        lines.append(f"{video} {int(label)}\n".encode("utf-8", "surrogateescape"))
+    with atomic_write(path, "wb") as handle:
+        handle.writelines(lines)
+
+
+def read_split_csv(path: str | Path) -> list[tuple[str, int]]:
+    """Read a split CSV: `<path><whitespace><label>` per line, split on the LAST whitespace run.
+
+    So upstream's one-space lines, the seed docs' two-space example and paths containing
+    spaces all parse. Blank lines are skipped; a line without a path and a non-negative
+    integer label raises ValueError naming the file and line number.
+    """
+    rows = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.rsplit(None, 1)
+            if len(parts) != 2 or not parts[0].strip() or not _LABEL.fullmatch(parts[1]):
+                raise ValueError(
+                    f"{path}:{number}: expected '<video path> <integer label>', got {line[:200]!r}"
+                )
+            rows.append((parts[0].strip(), int(parts[1])))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Frame indices (pure)
+# --------------------------------------------------------------------------------------------
+def train_frame_indices(
+    num_video_frames: int, rng: np.random.Generator, num_frames: int = 16, sampling_rate: int = 4
+) -> np.ndarray:
+    """Frame indices of one train (or per-epoch validation) clip: upstream `loadvideo_decord`.
+
+    span = num_frames * sampling_rate (64). n > span: end = randint(span, n), n EXCLUDED (the
+    last frame is never the window end; n = 65 always gives end 64), indices
+    linspace(end - span, end, num_frames) clipped to end - 1, truncated to int (effective
+    stride about 4.27). n <= span: linspace(0, n, n // sampling_rate) padded with n up to
+    num_frames and clipped to n - 1 (so n = 1 gives zeros, n = 2..3 give n - 1: the pad
+    value is n clipped to the last frame).
+    """
+    n = int(num_video_frames)
+    if n < 1:
+        raise ValueError(f"a video needs at least one frame, got {n}")
+    span = num_frames * sampling_rate
+    if n <= span:
+        taken = n // sampling_rate
+        index = np.concatenate((np.linspace(0, n, num=taken), np.ones(num_frames - taken) * n))
+        return np.clip(index, 0, n - 1).astype(np.int64)
+    end = int(rng.integers(span, n))
+    start = end - span
+    index = np.linspace(start, end, num=num_frames)
+    return np.clip(index, start, end - 1).astype(np.int64)
+
+
+@_not_a_pytest_test
+def test_frame_indices(
+    num_video_frames: int, num_frames: int = 16, sampling_rate: int = 4
+) -> np.ndarray:
+    """Every `sampling_rate`-th frame of the whole video (0, 4, 8, ...), the last one repeated
+    until there are `num_frames`: upstream's test-mode `loadvideo_decord`."""
+    n = int(num_video_frames)
+    if n < 1:
+        raise ValueError(f"a video needs at least one frame, got {n}")
+    index = list(range(0, n, sampling_rate))
+    index += [index[-1]] * (num_frames - len(index))
+    return np.asarray(index, dtype=np.int64)
+
+
+@_not_a_pytest_test
+def test_view_starts(num_taken: int, num_frames: int = 16, num_segments: int = 5) -> list[int]:
+    """Start (into the taken frames) of each temporal test view.
+
+    Upstream: step = max((T - num_frames) / (num_segments - 1), 0), start k = int(k * step);
+    short videos give overlapping views (T = 17: 0, 0, 0, 0, 1). One segment: upstream
+    divides by zero; we take the centre, int((T - num_frames) / 2).
+    """
+    if num_taken < num_frames:
+        raise ValueError(f"{num_taken} frames taken, fewer than a clip of {num_frames}")
+    if num_segments == 1:
+        return [int((num_taken - num_frames) / 2)]
+    step = max(1.0 * (num_taken - num_frames) / (num_segments - 1), 0)
+    return [int(k * step) for k in range(num_segments)]
+
+
+# --------------------------------------------------------------------------------------------
+# Crop boxes (pure)
+# --------------------------------------------------------------------------------------------
+def resized_short_side(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after upstream's `Resize(size)`: the short side becomes `size`, the long
+    side int(size * long / short) (truncated); unchanged when the short side already is
+    `size`. A square frame becomes size x size."""
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def center_crop_offset(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of upstream's `CenterCrop(size)`: int(round((side - size) / 2)) with
+    Python's round-half-even (slack 173 gives 86)."""
+    if size > height or size > width:
+        raise ValueError(f"crop {size} larger than the frame {height}x{width}")
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
+@_not_a_pytest_test
+def test_crop_offsets(
+    height: int, width: int, size: int, num_crops: int = 3
+) -> list[tuple[int, int]]:
+    """(top, left) of each spatial test crop of `size` on a frame already resized to short
+    side `size`: start c = int(c * (long - size) / (num_crops - 1)) along the long side,
+    along H when H >= W (a square frame: three identical crops, step 0). One crop: upstream
+    divides by zero; we take the centre, int((long - size) / 2)."""
+    if size > height or size > width:
+        raise ValueError(f"crop {size} larger than the frame {height}x{width}")
+    slack = max(height, width) - size
+    if num_crops == 1:
+        starts = [int(slack / 2)]
+    else:
+        step = 1.0 * slack / (num_crops - 1)
+        starts = [int(c * step) for c in range(num_crops)]
+    if height >= width:
+        return [(start, 0) for start in starts]
+    return [(0, start) for start in starts]
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    rng: random.Random | None = None,
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random resized crop: upstream `_get_param_spatial_crop`, which
+    has torchvision's `RandomResizedCrop.get_params` semantics.
+
+    Up to 10 tries: area ~ U(scale) * H * W, aspect = exp(U(log ratio)), w = round(sqrt(area *
+    aspect)), h = round(sqrt(area / aspect)); accepted if 0 < w <= W and 0 < h <= H, then
+    top ~ U{0..H-h}, left ~ U{0..W-w}. Else a centred crop of the whole frame clamped to the
+    ratio range. rng: a random.Random, default Python's global one (as upstream).
+    """
+    draw = rng if rng is not None else random  # the module's functions use its global Random
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = draw.uniform(*scale) * area
+        aspect = math.exp(draw.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return draw.randint(0, height - h), draw.randint(0, width - w), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding and pixel operations
+# --------------------------------------------------------------------------------------------
+def open_video(path: str) -> VideoReader:
+    """A decord reader on the CPU with ONE decoding thread (parallelism = DataLoader workers).
+
+    Drop the reader as soon as its frames are read: while it lives, decord's native thread
+    keeps decoding ahead (measured: 0.18 s of CPU during 0.5 s of idling after a get_batch),
+    which steals the core from the augmentations that follow."""
+    return VideoReader(str(path), ctx=cpu(0), num_threads=1)
+
+
+def read_frames(reader: VideoReader, indices: np.ndarray) -> np.ndarray:
+    """Frames at `indices` as [len(indices), H, W, 3] uint8, each distinct frame decoded once.
+
+    The distinct indices go to `get_batch` sorted, so decord seeks once and decodes forward;
+    repeated indices (padding) are filled in afterwards.
+    """
+    unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+    batch = reader.get_batch(unique.tolist()).asnumpy()
+    if len(unique) == len(indices) and np.array_equal(unique, indices):
+        return batch
+    return batch[inverse.reshape(-1)]
+
+
+def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """[T, 3, H, W] uint8 -> short side `size` (`resized_short_side`), bilinear, uint8.
+
+    Upstream resizes uint8 frames with cv2.INTER_LINEAR; torch's uint8 bilinear
+    (align_corners=False, no antialias) is the same half-pixel formula, rounded to uint8
+    (values can differ by one level from cv2's fixed-point arithmetic)."""
+    height, width = frames.shape[-2:]
+    new = resized_short_side(height, width, size)
+    if new == (height, width):
+        return frames
+    return F.interpolate(
+        frames.contiguous(memory_format=torch.channels_last),
+        size=new,
+        mode="bilinear",
+        align_corners=False,
+        antialias=False,
+    )
+
+
+def _scale_shift(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel 1 / (255 std) and -mean / std, shaped [3, 1, 1, 1] (channel before T, H, W)."""
+    return (1.0 / (255.0 * std)).view(3, 1, 1, 1), (-mean / std).view(3, 1, 1, 1)
+
+
+def normalize(
+    frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[T, 3, H, W] (uint8, or float on the 0..255 scale) -> [3, T, H, W] float32 (into `out`
+    if given): x * 1 / (255 std) - mean / std in one pass, which is upstream's ToTensor +
+    Normalize, (x / 255 - mean) / std, up to float rounding (< 1e-6)."""
+    scale, shift = _scale_shift(mean, std)
+    source = frames.transpose(0, 1)
+    if out is None:
+        out = torch.empty(source.shape, dtype=torch.float32)
+    return torch.addcmul(shift, source, scale, out=out)
+
+
+def normalize_views(
+    views: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """[N, 3, T, H, W] uint8 views (from `TestDataset(normalized=False)`), on any device ->
+    float32, as `normalize` does per view. Normalising on the GPU moves a quarter of the
+    bytes through the DataLoader and host memory."""
+    scale, shift = _scale_shift(
+        torch.as_tensor(mean, dtype=torch.float32, device=views.device),
+        torch.as_tensor(std, dtype=torch.float32, device=views.device),
+    )
+    return torch.addcmul(shift, views, scale)
+
+
+def apply_same_draw(
+    transform: Callable[[Image.Image], Image.Image], images: Sequence[Image.Image]
+) -> list[Image.Image]:
+    """Apply a random image transform to every frame with the SAME random draw.
+
+    timm's RandAugment draws everything from Python's `random` (op probability, magnitude,
+    sign) and numpy's global RNG (which ops); none of the draws depends on the pixels. So
+    restoring both states before each frame gives every frame exactly the draw the first
+    frame got, which is what upstream's clip-aware copy of the same code does (it applies
+    each chosen op to the whole list). The RNG streams end where one image would leave them.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    out = []
+    for number, image in enumerate(images):
+        if number:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        out.append(transform(image))
+    return out
+
+
+class ClipAugment:
+    """One augmented train clip from decoded frames: upstream `_aug_frame` + `spatial_sampling`.
+
+    Order and random sources as upstream: RandAugment (numpy + random), crop box (random),
+    flip (numpy), erasing (random + torch). We crop and resize on the 0..255 scale and
+    normalise after; normalisation is per-channel affine and bilinear resizing is a convex
+    combination, so this equals upstream's normalise-then-resize up to float rounding.
+    Erasing is timm's RandomErasing on the clip viewed as one [3*T, S, S] image: one box for
+    all frames and channels, per-pixel noise drawn for each; upstream's cube variant does the
+    same with 100 tries for a fitting box where timm makes 10 (a box fails to fit with
+    probability < 1%, so 10 tries all fail with probability < 1e-20).
+    """
+
+    def __init__(self, data_cfg: dict[str, Any]):
+        # imported here: `import timm` loads all its models (seconds), and the splits stage
+        # and the test path do not need it
+        from timm.data.auto_augment import rand_augment_transform
+        from timm.data.random_erasing import RandomErasing
+
+        aug = data_cfg["augment"]
+        self.size = int(data_cfg["input_size"])
+        self.scale = tuple(aug["scale"])
+        self.ratio = tuple(aug["ratio"])
+        self.hflip = float(aug["hflip"])
+        self.mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
+        self.std = torch.tensor(data_cfg["std"], dtype=torch.float32)
+        hparams = {
+            "translate_const": int(self.size * 0.45),
+            "interpolation": RAND_AUGMENT_INTERPOLATION,
+        }
+        self.rand_augment = rand_augment_transform(aug["rand_augment"], hparams)
+        self.erase = None
+        if aug["reprob"] > 0:
+            self.erase = RandomErasing(
+                aug["reprob"],
+                mode=ERASE_MODE,
+                max_count=ERASE_COUNT,
+                num_splits=ERASE_COUNT,
+                device="cpu",
+            )
+
+    def augment_colours(self, frames: np.ndarray) -> np.ndarray:
+        """RandAugment with one draw for the whole clip: [T, H, W, 3] uint8 -> same shape."""
+        images = apply_same_draw(self.rand_augment, [Image.fromarray(f) for f in frames])
+        return np.stack([np.asarray(image) for image in images])
+
+    def crop_flip_erase(self, frames: np.ndarray) -> torch.Tensor:
+        """Random resized crop, flip, normalisation, erasing: [T, H, W, 3] uint8 -> [3, T, S, S]."""
+        height, width = frames.shape[1:3]
+        top, left, h, w = random_resized_crop_box(height, width, self.scale, self.ratio)
+        crop = torch.from_numpy(frames[:, top : top + h, left : left + w]).permute(0, 3, 1, 2)
+        crop = crop.to(torch.float32).contiguous(memory_format=torch.channels_last)
+        x = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if np.random.uniform() < self.hflip:
+            x = x.flip(-1)
+        x = normalize(x, self.mean, self.std)
+        if self.erase is not None:
+            # one box for the whole clip, fresh noise per frame: erase [C*T, S, S] as one image
+            self.erase(x.view(-1, self.size, self.size))
+        return x
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        return self.crop_flip_erase(self.augment_colours(frames))
+
+
+@contextlib.contextmanager
+def item_rngs(seed: int, epoch: int, index: int) -> Iterator[np.random.Generator]:
+    """Seed Python's, numpy's and torch's (CPU) global RNGs from (seed, epoch, index), and
+    yield a numpy Generator from the same seed; restore the previous states on exit.
+
+    timm's RandAugment and RandomErasing use the global RNGs, so seeding them per item makes
+    every augmentation a function of (seed, epoch, index) alone, whatever the number of
+    workers or the order they run in; restoring keeps the caller's streams (e.g. Mixup in
+    the main process when num_workers is 0) untouched. Only the CPU torch generator is
+    touched (never CUDA's).
+    """
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    words = np.random.SeedSequence([seed % (1 << 63), epoch, index]).generate_state(4)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[1]))
+    torch.default_generator.manual_seed(int(words[2]))
+    try:
+        yield np.random.default_rng(int(words[3]))
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+class _SplitVideos(Dataset):
+    """Paths and labels of a split CSV, held in two numpy arrays (UTF-8 bytes and int64: no
+    per-row Python objects for forked workers to copy on access)."""
+
+    def __init__(self, csv_path: str | Path, data_cfg: dict[str, Any]):
+        rows = read_split_csv(csv_path)
+        if not rows:
+            raise ValueError(f"{csv_path}: no videos")
+        self.csv_path = str(csv_path)
+        self._paths = np.array([video.encode("utf-8", "surrogateescape") for video, _ in rows])
+        self.labels = np.array([label for _, label in rows], dtype=np.int64)
+        self.num_frames = int(data_cfg["num_frames"])
+        self.sampling_rate = int(data_cfg["sampling_rate"])
+        self.short_side_size = int(data_cfg["short_side_size"])
+        self.mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
+        self.std = torch.tensor(data_cfg["std"], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def path(self, index: int) -> str:
+        return self._paths[index].decode("utf-8", "surrogateescape")
+
+
+class TrainDataset(_SplitVideos):
+    """Train clips (mode 'train') or the per-epoch validation view (mode 'validation').
+
+    Item: (clips [num_sample, 3, T, S, S] float32, labels [num_sample] int64, index int);
+    validation has num_sample 1 and S = input_size after a centre crop. Augmentations are a
+    function of (seed, epoch, index): call `set_epoch(epoch)` before iterating an epoch (the
+    epoch lives in shared memory, so persistent workers see it). A video that fails to
+    decode is logged and replaced by the next index, at most `max_attempts` tries (then a
+    RuntimeError names the videos); the returned index is the video actually used.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | Path,
+        data_cfg: dict[str, Any],
+        mode: str = "train",
+        seed: int = 0,
+        max_attempts: int = 10,
+    ):
+        if mode not in ("train", "validation"):
+            raise ValueError(f"mode must be 'train' or 'validation', got {mode!r}")
+        super().__init__(csv_path, data_cfg)
+        self.mode = mode
+        self.seed = int(seed)
+        self.max_attempts = max(1, int(max_attempts))
+        self.input_size = int(data_cfg["input_size"])
+        self.num_sample = int(data_cfg["augment"]["num_sample"]) if mode == "train" else 1
+        self.augment = ClipAugment(data_cfg) if mode == "train" else None
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def load(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """The decoded frames [T, H, W, 3] uint8 of video `index`, one temporal window."""
+        reader = open_video(self.path(index))
+        if len(reader) < 1:
+            raise ValueError("no frames")
+        indices = train_frame_indices(len(reader), rng, self.num_frames, self.sampling_rate)
+        return read_frames(reader, indices)
+
+    def validation_clip(self, frames: np.ndarray) -> torch.Tensor:
+        """Short side -> short_side_size, centre crop input_size, normalise: [3, T, S, S]."""
+        x = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), self.short_side_size)
+        top, left = center_crop_offset(x.shape[-2], x.shape[-1], self.input_size)
+        x = x[:, :, top : top + self.input_size, left : left + self.input_size]
+        return normalize(x, self.mean, self.std)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        epoch = int(self._epoch)
+        tried = []
+        with item_rngs(self.seed, epoch, index) as rng:
+            for attempt in range(min(self.max_attempts, len(self))):
+                video = (index + attempt) % len(self)
+                try:
+                    frames = self.load(video, rng)
+                # decord raises several exception types; a bad file must not kill a worker
+                except Exception as err:
+                    LOG.warning(
+                        "%s: cannot decode %s (%s); trying the next video",
+                        self.mode,
+                        self.path(video),
+                        describe_error(err),
+                    )
+                    tried.append(self.path(video))
+                    continue
+                if self.augment is None:
+                    clips = [self.validation_clip(frames)]
+                else:
+                    clips = [self.augment(frames) for _ in range(self.num_sample)]
+                labels = torch.full((len(clips),), int(self.labels[video]), dtype=torch.int64)
+                return torch.stack(clips), labels, video
+        raise RuntimeError(
+            f"{self.csv_path}: {len(tried)} consecutive videos from index {index} "
+            f"failed to decode: {tried}"
+        )
+
+
+@_not_a_pytest_test
+class TestDataset(_SplitVideos):
+    """All num_segments x num_crops test views of a video, decoded once.
+
+    Item: dict(views [S*C, 3, T, size, size] float32 in segment-major order, label int,
+    video int (row of the CSV), path str, segment [S*C] int64, crop [S*C] int64, ok bool,
+    error str). A video that fails to decode gives ok=False, zero views and the decoder's
+    error (the evaluation excludes and reports it; upstream silently substitutes other
+    views). normalized=False: the views stay uint8 (0..255) for `normalize_views` on the
+    device (4x fewer bytes per item).
+    """
+
+    def __init__(
+        self,
+        csv_path: str | Path,
+        data_cfg: dict[str, Any],
+        num_segments: int,
+        num_crops: int,
+        normalized: bool = True,
+    ):
+        super().__init__(csv_path, data_cfg)
+        self.num_segments = int(num_segments)
+        self.num_crops = int(num_crops)
+        self.dtype = torch.float32 if normalized else torch.uint8
+        self.segment = torch.arange(self.num_segments).repeat_interleave(self.num_crops)
+        self.crop = torch.arange(self.num_crops).repeat(self.num_segments)
+
+    def load(self, index: int) -> np.ndarray:
+        """Every sampling_rate-th frame of video `index` (padded), [T, H, W, 3] uint8."""
+        reader = open_video(self.path(index))
+        if len(reader) < 1:
+            raise ValueError("no frames")
+        return read_frames(
+            reader, test_frame_indices(len(reader), self.num_frames, self.sampling_rate)
+        )
+
+    def views(self, frames: np.ndarray) -> torch.Tensor:
+        """All views of the taken frames [S*C, 3, T, s, s]: resize once (uint8), then each
+        view sliced and normalised (or copied, uint8) straight into the output."""
+        x = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), self.short_side_size)
+        x = x.contiguous()  # [T, 3, H, W]: views are then runs of contiguous rows
+        size, length = self.short_side_size, self.num_frames
+        starts = test_view_starts(x.shape[0], length, self.num_segments)
+        boxes = test_crop_offsets(x.shape[2], x.shape[3], size, self.num_crops)
+        out = torch.empty((len(starts) * len(boxes), 3, length, size, size), dtype=self.dtype)
+        for number, (start, (top, left)) in enumerate(
+            (start, box) for start in starts for box in boxes
+        ):
+            view = x[start : start + length, :, top : top + size, left : left + size]
+            if self.dtype == torch.uint8:
+                out[number].copy_(view.transpose(0, 1))
+            else:
+                normalize(view, self.mean, self.std, out=out[number])
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {
+            "label": int(self.labels[index]),
+            "video": index,
+            "path": self.path(index),
+            "segment": self.segment.clone(),
+            "crop": self.crop.clone(),
+            "ok": True,
+            "error": "",
+        }
+        try:
+            frames = self.load(index)
+        except Exception as err:  # reported by the evaluation, never a crash
+            LOG.warning(
+                "test: cannot decode %s (%s); excluded", self.path(index), describe_error(err)
+            )
+            size = self.short_side_size
+            empty = torch.empty(0, dtype=torch.int64)
+            item.update(
+                views=torch.empty((0, 3, self.num_frames, size, size), dtype=self.dtype),
+                segment=empty,
+                crop=empty.clone(),
+                ok=False,
+                error=describe_error(err),
+            )
+            return item
+        item["views"] = self.views(frames)
+        return item
+
+
+def naive_test_view(
+    path: str, data_cfg: dict[str, Any], segment: int, crop: int, num_segments: int, num_crops: int
+) -> torch.Tensor:
+    """ONE test view the way upstream makes it: open and decode the video for this view
+    alone, resize, slice. The reference our single-decode `TestDataset` is tested and
+    benchmarked against; [3, T, s, s] float32."""
+    reader = open_video(path)
+    frames = reader.get_batch(
+        test_frame_indices(len(reader), data_cfg["num_frames"], data_cfg["sampling_rate"]).tolist()
+    ).asnumpy()
+    size, length = int(data_cfg["short_side_size"]), int(data_cfg["num_frames"])
+    x = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), size).contiguous()
+    start = test_view_starts(x.shape[0], length, num_segments)[segment]
+    top, left = test_crop_offsets(x.shape[2], x.shape[3], size, num_crops)[crop]
+    x = x[start : start + length, :, top : top + size, left : left + size]
+    return normalize(x, torch.tensor(data_cfg["mean"]), torch.tensor(data_cfg["std"]))
+
+
+def describe_error(err: BaseException) -> str:
+    """A decoder error on one line: decord's messages without their timestamps and source
+    locations, at most 300 characters."""
+    lines = [
+        re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", line).strip() for line in str(err).splitlines()
+    ]
+    return " | ".join(line for line in lines if line)[:300] or type(err).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# DataLoader helpers
+# --------------------------------------------------------------------------------------------
+def worker_init_fn(worker_id: int) -> None:
+    """Seed Python's and numpy's RNGs in a DataLoader worker from torch's worker seed.
+
+    torch gives each worker base_seed + worker_id, base_seed drawn from the loader's
+    generator each time workers start, so seeds differ per worker (and per epoch without
+    persistent workers) and are reproducible from the loader's seed. Our datasets reseed
+    per item anyway (`item_rngs`); this covers any other randomness in a worker.
+    """
+    seed = torch.initial_seed()
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+
+
+def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]):
+    """(clips [B*num_sample, 3, T, S, S], labels [B*num_sample], index [B*num_sample]), the
+    repeated clips of a video adjacent: upstream's `multiple_samples_collate`."""
+    clips, labels, index = zip(*batch, strict=False)
+    counts = torch.tensor([len(c) for c in clips])
+    return torch.cat(clips), torch.cat(labels), torch.tensor(index).repeat_interleave(counts)
+
+
+@_not_a_pytest_test
+def test_collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Test items stay a list of dicts (view counts differ: a broken video has none)."""
+    return list(batch)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    sampler: Sampler | None = None,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    drop_last: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    prefetch_factor: int = 2,
+) -> DataLoader:
+    """A DataLoader set up for video: persistent workers (decoders and the dataset stay up
+    between epochs), pinned memory when the device is CUDA, `worker_init_fn`, and a seeded
+    generator (shuffling and worker seeds reproducible from `seed`)."""
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    workers = int(num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        pin_memory=torch.device(device).type == "cuda",
+        drop_last=drop_last,
+        worker_init_fn=worker_init_fn if workers else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers else None,
+        generator=generator,
+    )
