@@ -5,12 +5,11 @@ working tree is never touched. Then the report, and the param isolation of the s
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_workflow import job_counts
+from test_workflow import job_counts, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ["--configfile", "demo/config.yaml", "--replace-workflow-config"]
@@ -18,18 +17,7 @@ CHANCE = 100 / 8  # percent, 8 demo classes
 
 
 def run(repo: Path, *args: str, timeout: int = 60) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", *DEMO, *args],
-        cwd=repo,
-        check=False,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    return proc.stdout
+    return snakemake(*DEMO, *args, cwd=repo, timeout=timeout).stdout
 
 
 @pytest.fixture(scope="module")

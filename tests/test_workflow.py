@@ -12,20 +12,21 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_JOBS = {"checkpoint": 3, "splits": 1, "finetune": 2, "evaluate": 3, "report": 1, "all": 1}
 
 
-def snakemake(*args, cwd=ROOT, check=True):
-    """Run the venv's snakemake; returns the completed process (stdout and stderr merged)."""
+def snakemake(*args, cwd=ROOT, check=True, timeout=300):
+    """Run the venv's snakemake on the Snakefile in `cwd`; the completed process (stdout and
+    stderr merged) is returned, or AssertionError with the output's tail if `check` fails."""
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), *args],
+        [sys.executable, "-m", "snakemake", *args],
         check=False,
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}")
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-6000:]}")
     return proc
 
 
