@@ -23,6 +23,7 @@ from gdown.download import CHUNK_SIZE
 
 from k400ft import checkpoints, models
 from k400ft.checkpoints import CheckpointError, CheckpointSpec, DriveOptions
+from k400ft.provenance import file_sha256
 
 TINY = {
     "img_size": 32,
@@ -128,7 +129,7 @@ def test_small_file_is_downloaded_recorded_then_verified(drive, catmae, out, tmp
     drive.add("1smallFileId000", catmae, "catmae.pth")
     digest = fetch(gdrive_spec("1smallFileId000"), out, drive, tmp_path)
     assert (out / "ckpt.pth").read_bytes() == catmae
-    assert digest == checkpoints.sha256_file(out / "ckpt.pth")
+    assert digest == file_sha256(out / "ckpt.pth")
     lock = json.loads((out / "ckpt.sha256").read_text())
     assert lock["sha256"] == digest and lock["source"] == "gdrive:1smallFileId000"
     assert [(r.host, r.path) for r in drive.requests] == [

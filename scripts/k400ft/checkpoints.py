@@ -43,6 +43,7 @@ import requests
 
 from k400ft import models
 from k400ft.io import atomic_write
+from k400ft.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,6 @@ class DriveOptions:
 def drive_url(file_id: str) -> str:
     """The Drive download URL gdown starts from for a file id."""
     return f"https://drive.google.com/uc?id={file_id}"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_lock(lock: str | os.PathLike) -> str | None:
@@ -200,7 +195,7 @@ def fetch_checkpoint(
             sha256 = _download(spec, staging, output, expected, drive or DriveOptions())
         else:
             _stage_local(spec, staging)
-            sha256 = sha256_file(staging)
+            sha256 = file_sha256(staging)
         if expected and sha256 != expected:
             raise CheckpointError(
                 f"checkpoint {spec.name}: sha256 mismatch for the file from {spec.source}:\n"
