@@ -24,19 +24,25 @@ def as_json(value):
 
 
 def launcher(stage):
-    """The torchrun command for a GPU stage (config `launch.<stage>`).
+    """The torchrun command for a GPU stage (config `launch.<stage>`), exec'd by the rule's shell.
 
-    One node: torchrun --standalone. Several nodes (inside a SLURM allocation): one torchrun
-    per node through srun, rendezvous (c10d) on the first node of the allocation."""
+    `exec`: torchrun replaces the shell, so a SIGTERM to the job (SLURM --signal before the time
+    limit, preemption) reaches torchrun, which forwards it to the trainers and waits for them to
+    save `last`; a shell in between would die at once and take them down with it.
+    One node: torchrun --standalone. Several nodes, inside a SLURM job in the plugin's MPI form
+    (see launch_resources; the job's shell runs on the first node of the allocation): one
+    torchrun per node through srun (a step gets all the job's CPUs, memory and GPUs on its
+    nodes), c10d rendezvous hosted by the first node on a port from the job id."""
     spec = config["launch"][stage]
     nproc = spec["procs_per_node"]
-    if spec["nodes"] == 1:
-        return f"torchrun --standalone --nnodes=1 --nproc-per-node={nproc}"
+    nodes = spec["nodes"]
+    if nodes == 1:
+        return f"exec torchrun --standalone --nnodes=1 --nproc-per-node={nproc}"
     return (
-        f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes={spec['nodes']}"
-        f" --nproc-per-node={nproc} --rdzv-backend=c10d"
-        ' --rdzv-endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500"'
-        ' --rdzv-id="$SLURM_JOB_ID"'
+        f"exec srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
+        f" torchrun --nnodes={nodes} --nproc-per-node={nproc} --rdzv-backend=c10d"
+        f' --rdzv-id="${{SLURM_JOB_ID:?launch.{stage}.nodes > 1 runs in a SLURM job}}"'
+        ' --rdzv-endpoint="$(hostname):$((29500 + SLURM_JOB_ID % 1000))"'
     )
 
 
@@ -44,6 +50,29 @@ def gpus(stage):
     """GPUs per node a stage asks the scheduler for (0 on CPU)."""
     spec = config["launch"][stage]
     return spec["procs_per_node"] if spec["device"] == "cuda" else 0
+
+
+def launch_threads(stage):
+    """CPUs per node of a torchrun stage: each process and its DataLoader workers."""
+    procs = config["launch"][stage]["procs_per_node"]
+    return procs * (config["data"]["num_workers"] + 1)
+
+
+def launch_resources(stage):
+    """What a torchrun stage asks the scheduler for (snakemake-executor-plugin-slurm 2.x).
+
+    One node: `gpu` GPUs (sbatch --gpus; locally `--resources gpu=N` bounds concurrency).
+    Several nodes: the plugin's MPI form (`mpi`: the job script runs the rule's shell itself,
+    whose srun starts one torchrun per node) with `tasks` = `nodes` (sbatch --nodes=N --ntasks=N),
+    the GPUs per node as GRES (--gres=gpu:G; --gpus would be a total over the nodes), and
+    tasks_per_gpu=0 so that the plugin does not turn `tasks` into --ntasks-per-gpu."""
+    nodes = config["launch"][stage]["nodes"]
+    if nodes == 1:
+        return {"gpu": gpus(stage), "nodes": 1}
+    resources = {"nodes": nodes, "tasks": nodes, "mpi": "srun", "tasks_per_gpu": 0}
+    if gpus(stage):
+        resources["gres"] = f"gpu:{gpus(stage)}"
+    return resources
 
 
 def row_spec(row):

@@ -15,10 +15,9 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate/{{row}}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: launch_threads("evaluate")
     resources:
-        gpu=gpus("evaluate"),
-        nodes=config["launch"]["evaluate"]["nodes"],
+        **launch_resources("evaluate"),
     params:
         spec=lambda wc: as_json(eval_params(wc.row)),
         launch=launcher("evaluate"),

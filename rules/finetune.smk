@@ -17,10 +17,9 @@ rule finetune:
         f"{RESULTS}/benchmarks/finetune/{{model}}.tsv"
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: launch_threads("finetune")
     resources:
-        gpu=gpus("finetune"),
-        nodes=config["launch"]["finetune"]["nodes"],
+        **launch_resources("finetune"),
     params:
         spec=lambda wc: as_json(finetune_params(wc.model)),
         state=lambda wc: f"{RESULTS}/state/{wc.model}",

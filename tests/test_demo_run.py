@@ -82,11 +82,36 @@ def test_nothing_to_do_after_a_complete_run(demo_repo):
     assert "Nothing to be done" in run(demo_repo, "-n")
 
 
+def dry_run_with(repo: Path, overlay: str) -> str:
+    """What a dry-run plans with `overlay` (YAML) merged over the demo config."""
+    (repo / "overlay.yaml").write_text(overlay)
+    out = snakemake(
+        "-n",
+        "--configfile",
+        "demo/config.yaml",
+        "overlay.yaml",
+        "--replace-workflow-config",
+        cwd=repo,
+    ).stdout
+    return out
+
+
 def test_evaluation_settings_rerun_evaluation_and_table_only(demo_repo):
-    out = run(demo_repo, "-n", "--config", "evaluate={num_segments: 3}")
-    assert job_counts(out) == {"evaluate": 2, "report": 1, "all": 1}
+    assert job_counts(dry_run_with(demo_repo, "evaluate: {num_segments: 3}")) == {
+        "evaluate": 2,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_dataloader_workers_rerun_nothing(demo_repo):
+    assert "Nothing to be done" in dry_run_with(demo_repo, "data: {num_workers: 0}")
 
 
 def test_recipe_settings_rerun_finetuning(demo_repo):
-    out = run(demo_repo, "-n", "--config", "recipe={epochs: 2}")
-    assert job_counts(out) == {"finetune": 2, "evaluate": 2, "report": 1, "all": 1}
+    assert job_counts(dry_run_with(demo_repo, "recipe: {epochs: 2}")) == {
+        "finetune": 2,
+        "evaluate": 2,
+        "report": 1,
+        "all": 1,
+    }

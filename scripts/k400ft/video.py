@@ -35,6 +35,7 @@ import logging
 import math
 import random
 import re
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -664,7 +665,13 @@ def worker_init_fn(worker_id: int) -> None:
     generator each time workers start, so seeds differ per worker (and per epoch without
     persistent workers) and are reproducible from the loader's seed. Our datasets reseed
     per item anyway (`item_rngs`); this covers any other randomness in a worker.
+
+    Workers ignore SIGTERM and SIGUSR1: SLURM signals every process of a job step before the
+    time limit, and a worker dying on it would crash the trainer before it can save `last`;
+    stopping is the trainer's decision, and the DataLoader still shuts its workers down.
     """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     seed = torch.initial_seed()
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
