@@ -1,0 +1,54 @@
+"""Fine-tune one model on the train split, validating every epoch (rules/finetune.smk).
+
+Always started by torchrun, one process per GPU (or CPU process):
+
+    torchrun --standalone --nproc-per-node=4 scripts/finetune.py --spec '<JSON>' --device cuda \\
+        --train results/splits/train.csv --val results/splits/val.csv \\
+        --pretrained results/checkpoints/catmae_vits16_pt300.pth \\
+        --state-dir results/state/catmae_vits16 --out-dir results/finetune/catmae_vits16
+
+--spec: {"arch": {...}, "finetune": {"global_batch", "batch_per_gpu", "base_lr"}, "recipe": {...},
+"data": {...}, "num_classes": 400, "pretrained_format": "catmae_pretrain" | "videomae_pretrain"}.
+
+Resumes by itself from --state-dir. Writes final.pt, train_log.jsonl and spec.json into --out-dir
+(rank 0, atomically) only when the last epoch is done. Exit codes: 0 done; 75 (EX_TEMPFAIL)
+stopped by SIGTERM / SIGUSR1 after saving its state: run it again (Snakemake --retries, SLURM
+requeue) and it resumes; 2 a refused spec (e.g. a global batch that does not split); other
+non-zero: a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from k400ft.finetune import SpecError, finetune
+from k400ft.io import load_json_arg, setup_logging
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spec", required=True, help="fine-tuning spec as JSON (see above)")
+    parser.add_argument("--device", required=True, choices=("cuda", "cpu"))
+    parser.add_argument("--train", required=True, help="train CSV: '<path> <label>' per line")
+    parser.add_argument("--val", required=True, help="val CSV (validated every epoch, single view)")
+    parser.add_argument("--pretrained", required=True, help="pretrained checkpoint (.pth)")
+    parser.add_argument("--state-dir", required=True, help="resume state (kept across failures)")
+    parser.add_argument("--out-dir", required=True, help="folder for final.pt and train_log.jsonl")
+    args = parser.parse_args()
+    setup_logging()
+    spec = load_json_arg(args.spec, "--spec")
+    try:
+        code = finetune(
+            spec, args.device, args.train, args.val, args.pretrained, args.state_dir, args.out_dir
+        )
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Data-parallel plumbing shared by the fine-tune and evaluation stages.
+
+Processes are started by torchrun only (single node: `torchrun --standalone --nproc-per-node=N`;
+several nodes: one `srun` task per node running torchrun with a c10d rendezvous). This module
+reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE; MASTER_ADDR/PORT through the `env://`
+init method) and nothing else. NCCL on CUDA, gloo on CPU. Run without torchrun (no WORLD_SIZE in
+the environment: a test, a benchmark, an interactive session) it is one process and every
+collective below is the identity.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT = datetime.timedelta(minutes=30)  # a collective that waits longer is a hung rank
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_primary(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init(device: str | None = None) -> DistInfo:
+    """Join the torchrun job (or stay one process), pick this rank's device.
+
+    device: "cuda" | "cpu" | None (cuda when available). On CUDA each process uses GPU
+    LOCAL_RANK and the NCCL backend; on CPU the gloo backend.
+    """
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices are "
+                "visible: start at most that many processes per node (torchrun --nproc-per-node)"
+            )
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    else:
+        torch_device = torch.device("cpu")
+    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if kind == "cuda" else "gloo",
+            init_method="env://",
+            timeout=TIMEOUT,
+            **({"device_id": torch_device} if kind == "cuda" else {}),
+        )
+    return DistInfo(rank, local_rank, world_size, torch_device)
+
+
+def active() -> bool:
+    """Whether a process group with more than this process is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_primary() -> bool:
+    """Rank 0: the only process that writes outputs, logs progress and shows a bar."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (picklable objects; small ones: RNG states, metrics)."""
+    if not active():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of `tensor` over ranks (in place, also returned). Use counts and sums, never means,
+    so uneven shards reduce exactly."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """For each flag: True on every rank when it is True on at least one (one all-reduce).
+
+    E.g. [a signal reached this rank, a timed save is due]: all ranks then act at the same step."""
+    if not active():
+        return [bool(flag) for flag in flags]
+    value = torch.tensor([1 if flag else 0 for flag in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in value.tolist()]
+
+
+def cleanup() -> None:
+    """Leave the process group (call once at the end, on every rank)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,1110 @@
+"""The fine-tuning engine: upstream's recipe (REFERENCE.md §2), data parallel, preemption-safe.
+
+Recipe (every number from the spec, i.e. config.yaml): AdamW (betas, eps) with weight decay on
+matrices only (no decay on 1-D parameters, biases, `pos_embed`, `cls_token`); layer-wise lr
+decay (scale = layer_decay^(num_layers - 1 - layer_id), 0.75^(13 - id) for ViT-S); lr and
+min_lr scaled by global_batch / 256; a per-step schedule of linear warmup from 0 then cosine to
+min_lr (upstream's `cosine_scheduler`, reproduced value for value); Mixup / CutMix with label
+smoothing and soft-target cross entropy (timm); repeated augmentation (each video gives
+`num_sample` clips, all in the batch); bf16 autocast on GPUs that have it, fp16 + GradScaler on
+those that do not, fp32 on CPU; no gradient clipping, no EMA; seed + rank.
+
+The global batch (videos per optimiser step) is a config number kept whatever the process count:
+accumulation = global_batch / (batch_per_gpu x world_size) micro-steps, gradients all-reduced on
+the last one only (DDP `no_sync` on the others). A global batch that does not split exactly is
+refused with the numbers to change.
+
+Resume state: `<state-dir>/last.pt` (and the previous good one, `prev.pt`), written by rank 0
+atomically (temp file, fsync, rename) after every epoch's training (before validation), every
+`recipe.checkpoint_minutes`, and when a SIGTERM / SIGUSR1 arrives (all ranks agree, through an
+all-reduce at every step boundary, to save at the same step and then exit with EXIT_REQUEUE = 75,
+EX_TEMPFAIL: a non-zero code, so Snakemake's `--retries` / the SLURM requeue start the job again
+and it resumes). Every state file carries a sha256 of its payload; a corrupt or truncated `last`
+is reported loudly and `prev` is used. A start finds the state and resumes by itself. A state
+written for a different spec or different inputs is moved aside (loudly), never resumed.
+
+Bit-identical resume (same world size): the data order and every random draw are functions of
+(seed, rank, epoch, step). The sampler's permutation is DistributedSampler's (seed + epoch); a
+resumed epoch skips the index positions already trained on (no decoding of skipped videos);
+augmentation draws are a function of (seed, epoch, video index) (`video.item_rngs`), whatever
+worker runs them; the loaders own their generators, so starting them never draws from the main
+process's random streams; those streams (Mixup's numpy draws, drop path's torch draws) are saved
+per rank at the step boundary and restored. The epoch's running train loss is saved per rank
+too, and the log is cut back to its length at the save, so the log of a resumed run equals the
+uninterrupted one. A kill between two saves costs the steps since the last save (at most
+checkpoint_minutes, or one epoch).
+
+Observability (rank 0): per-step JSONL lines (mean loss, lr, clips/s, data-wait share, GPU
+memory) every `log_every` steps, an epoch line (train loss, val top-1/top-5, times), both in
+`<state-dir>/train_log.jsonl` during training; TensorBoard scalars in `<state-dir>/tensorboard`;
+a tqdm bar with ETA on stderr; one summary line per epoch. After the first steps, a projection
+of the whole run's wall time and GPU-hours is logged. The declared outputs (`final.pt`,
+`train_log.jsonl`, plus `spec.json`, the resolved spec) appear in the out dir only when the
+last epoch is done.
+
+One process:      torchrun --standalone --nproc-per-node=1 scripts/finetune.py --device cpu ...
+One node, 4 GPUs: torchrun --standalone --nproc-per-node=4 scripts/finetune.py --device cuda ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data.distributed import DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from k400ft import distributed, models, provenance, video
+from k400ft.io import atomic_write
+
+log = logging.getLogger("k400ft.finetune")
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL (sysexits.h): saved on a signal, run me again to resume
+LR_REFERENCE_BATCH = 256  # lr = base_lr x global_batch / 256 (upstream's linear scaling rule)
+STATE_MAGIC = b"k400ft-state-v1\n"  # a state file: magic, sha256 hex of the payload, "\n", payload
+LOG_LINES_PER_EPOCH = 100  # step lines are means over steps_per_epoch // 100 steps (at least 1)
+PROJECT_AFTER_STEPS = 20  # log the cost projection after this many steps (or the first epoch)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class SpecError(ValueError):
+    """The spec's numbers cannot run as asked (the message says which to change)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure functions: the numbers that must be exactly right
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+    """Upstream's linear scaling rule: lr = base_lr x global_batch / 256 (min_lr likewise)."""
+    return base_lr * global_batch / LR_REFERENCE_BATCH
+
+
+def accumulation_steps(global_batch: int, batch_per_gpu: int, world_size: int) -> int:
+    """Micro-steps per optimiser step so that batch_per_gpu x world_size x steps = global_batch.
+
+    Raises SpecError (a ValueError) naming the numbers to change when global_batch does not
+    split exactly."""
+    per_pass = batch_per_gpu * world_size
+    if global_batch % per_pass == 0:
+        return global_batch // per_pass
+    hint = (
+        f"set finetune.batch_per_gpu to a divisor of {global_batch // world_size} "
+        f"(global_batch / processes: {_divisors(global_batch // world_size)})"
+        if global_batch % world_size == 0
+        else f"run a number of processes that divides the global batch ({_divisors(global_batch)})"
+    )
+    raise SpecError(
+        f"finetune.global_batch {global_batch} is not a multiple of finetune.batch_per_gpu "
+        f"{batch_per_gpu} x {world_size} processes = {per_pass}, so gradient accumulation cannot "
+        f"keep it: {hint}, or change finetune.global_batch (and base_lr with it)"
+    )
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def lr_at_step(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Learning rate of optimiser step `step` (0-based), upstream's `cosine_scheduler` exactly.
+
+    Upstream builds `np.linspace(0, lr, warmup_steps)` (endpoint included: step 0 has lr 0,
+    step warmup_steps - 1 has lr) followed by `min_lr + (lr - min_lr) / 2 x (1 + cos(pi i / n))`
+    for i = 0 .. n - 1, n = total_steps - warmup_steps; it is indexed per optimiser step.
+    """
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step {step} outside the schedule [0, {total_steps})")
+    if step < warmup_steps:
+        return _warmup(lr, warmup_steps)[step]
+    i, n = step - warmup_steps, total_steps - warmup_steps
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * i / n))
+
+
+@functools.lru_cache(maxsize=4)
+def _warmup(lr: float, warmup_steps: int) -> tuple[float, ...]:
+    return tuple(np.linspace(0.0, lr, warmup_steps).tolist())
+
+
+def layer_decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    layer_id: Callable[[str], int],
+    num_layers: int,
+    no_weight_decay: set[str],
+    weight_decay: float,
+    layer_decay: float,
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups with layer-wise lr decay, upstream's `get_parameter_groups`.
+
+    A parameter gets no weight decay when it is 1-D, its name ends in `.bias`, or its name is
+    in `no_weight_decay` (pos_embed, cls_token); its lr scale is
+    layer_decay^(num_layers - 1 - layer_id(name)) (ViT-S: num_layers 14, scale 0.75^(13 - id),
+    id 0 = cls_token/pos_embed/patch_embed, i + 1 = blocks.i, 13 = fc_norm/head). One group per
+    (layer, decay) pair, in the order parameters first appear; each group lists `param_names`.
+    """
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in no_weight_decay)
+        layer = layer_id(name)
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"layer_id({name!r}) = {layer} outside [0, {num_layers})")
+        group = groups.setdefault(
+            (layer, decay),
+            {
+                "params": [],
+                "param_names": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": layer_decay ** (num_layers - 1 - layer),
+            },
+        )
+        group["params"].append(param)
+        group["param_names"].append(name)
+    return list(groups.values())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on a GPU that supports it, else fp16; fp32 on CPU whatever was asked."""
+    if device.type != "cuda":
+        if precision not in ("auto", "fp32"):
+            log.warning("recipe.precision %s ignored on CPU: training in fp32", precision)
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def make_mixup(recipe: dict, num_classes: int) -> Mixup | None:
+    """timm's Mixup/CutMix with upstream's arguments (None when both alphas are 0)."""
+    if recipe["mixup"] <= 0 and recipe["cutmix"] <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=recipe["mixup"],
+        cutmix_alpha=recipe["cutmix"],
+        prob=recipe["mixup_prob"],
+        switch_prob=recipe["mixup_switch_prob"],
+        mode=recipe["mixup_mode"],
+        label_smoothing=recipe["smoothing"],
+        num_classes=num_classes,
+    )
+
+
+def make_criterion(recipe: dict, mixup: Mixup | None) -> nn.Module:
+    """Upstream: soft-target CE when mixing (smoothing is inside the mixed targets), else
+    label-smoothing CE when smoothing > 0, else plain CE."""
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    if recipe["smoothing"] > 0:
+        return LabelSmoothingCrossEntropy(smoothing=recipe["smoothing"])
+    return nn.CrossEntropyLoss()
+
+
+def mix_clips(
+    mixup: Mixup, clips: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup/CutMix of a batch of clips [B, C, T, H, W] -> (mixed clips, soft targets [B, K]).
+
+    timm's Mixup cuts `x[:, :, y0:y1, x0:x1]`, i.e. dims 2 and 3, which on a 5-D clip would be
+    (T, H) while the box is drawn from the last two dims (H, W). Viewing the clips as
+    [B, C x T, H, W] makes timm cut (H, W) of every frame and channel, as upstream's video
+    copy does; mixup proper is elementwise and unaffected. In place, like timm."""
+    b, c, t, h, w = clips.shape
+    mixed, targets = mixup(clips.view(b, c * t, h, w), labels)
+    return mixed.view(b, c, t, h, w), targets
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> list[int]:
+    """Number of rows whose label is among the k highest logits, for each k (k capped at the
+    number of classes)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels.unsqueeze(1)
+    return [int(hits[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What the whole run will cost, from a measured optimiser-step time."""
+
+    step_seconds: float
+    steps_total: int
+    wall_hours: float
+    gpu_hours: float  # wall hours x processes (GPUs; CPU processes on CPU)
+    unit: str = "GPU"
+
+    def describe(self) -> str:
+        wall = (
+            f"{self.wall_hours:.1f} h"
+            if self.wall_hours >= 1
+            else f"{60 * self.wall_hours:.1f} min"
+        )
+        return (
+            f"{self.steps_total} optimiser steps x {self.step_seconds:.3f} s = {wall} wall, "
+            f"{self.gpu_hours:.2f} {self.unit}-hours"
+        )
+
+
+def project_cost(
+    step_seconds: float,
+    train_videos: int,
+    global_batch: int,
+    epochs: int,
+    gpus: int,
+    val_videos: int = 0,
+    val_videos_per_second: float | None = None,
+    unit: str = "GPU",
+) -> Projection:
+    """Wall time and GPU-hours of a full run: steps = (train_videos // global_batch) x epochs
+    optimiser steps of `step_seconds` each (measured with `gpus` processes, data loading
+    included), plus one validation pass over `val_videos` per epoch when its speed is given."""
+    steps = (train_videos // global_batch) * epochs
+    seconds = steps * step_seconds
+    if val_videos and val_videos_per_second:
+        seconds += epochs * val_videos / val_videos_per_second
+    hours = seconds / 3600
+    return Projection(step_seconds, steps, hours, hours * gpus, unit)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume state on disk
+
+
+def pack_state(state: dict) -> bytes:
+    """torch.save `state` behind a header carrying the payload's sha256."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    return STATE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def unpack_state(path: Path) -> dict:
+    """Read a file written by `pack_state`; ValueError when it is truncated or corrupt."""
+    data = path.read_bytes()
+    head = len(STATE_MAGIC) + 65
+    if not data.startswith(STATE_MAGIC) or len(data) < head:
+        raise ValueError(f"{path}: not a k400ft state file (or truncated in its header)")
+    digest, payload = data[len(STATE_MAGIC) : head - 1].decode("ascii", "replace"), data[head:]
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != digest:
+        raise ValueError(
+            f"{path}: checksum mismatch ({len(payload)} payload bytes, sha256 {actual[:12]}..., "
+            f"header says {digest[:12]}...): truncated or corrupt"
+        )
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+class StateStore:
+    """`last.pt` and the previous good one, `prev.pt`, in the state dir.
+
+    save(): the verified `last` becomes `prev`, then the new state is written atomically as
+    `last`. load(): `last` if it verifies, else `prev` with a loud warning, else None."""
+
+    def __init__(self, state_dir: Path):
+        self.last = state_dir / "last.pt"
+        self.prev = state_dir / "prev.pt"
+        self.last_is_good = False  # only a verified `last` may replace `prev`
+
+    def load(self, writer: bool = True) -> dict | None:
+        """writer: this process owns the files (rank 0): it removes what a killed save left."""
+        for tmp in self.last.parent.glob(f".{self.last.name}.*.tmp") if writer else ():
+            log.warning("removing %s, left by a save that did not finish", tmp)
+            tmp.unlink()
+        for path in (self.last, self.prev):
+            if not path.exists():
+                if path is self.last and self.prev.exists():
+                    log.warning(
+                        "RESUME: %s is missing but %s exists: using the previous state",
+                        self.last,
+                        self.prev,
+                    )
+                continue
+            try:
+                state = unpack_state(path)
+            except Exception as err:  # noqa: BLE001 - any unreadable state falls back loudly
+                log.error(
+                    "RESUME: %s is unusable (%s)%s",
+                    path,
+                    err,
+                    f"; falling back to {self.prev}" if path is self.last else "",
+                )
+                continue
+            self.last_is_good = path is self.last
+            if path is self.prev:
+                log.warning(
+                    "RESUME: resuming from the PREVIOUS state %s (epoch %d, step %d): the "
+                    "steps after it are redone",
+                    path,
+                    state["progress"]["epoch"],
+                    state["progress"]["global_step"],
+                )
+            return state
+        return None
+
+    def save(self, state: dict) -> int:
+        """Write `state`; returns its size in bytes."""
+        blob = pack_state(state)
+        if self.last_is_good and self.last.exists():
+            os.replace(self.last, self.prev)
+        with atomic_write(self.last, "wb") as handle:
+            handle.write(blob)
+        self.last_is_good = True
+        return len(blob)
+
+    def set_aside(self, reason: str) -> None:
+        """Move an incompatible state out of the way (kept, never deleted)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for path in (self.last, self.prev):
+            if path.exists():
+                target = path.with_name(f"{path.name}.stale-{stamp}")
+                os.replace(path, target)
+                log.warning(
+                    "state %s %s: moved to %s and starting from scratch", path, reason, target
+                )
+        self.last_is_good = False
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's random streams (python, numpy, torch CPU, CUDA), weights_only-loadable."""
+    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_gauss),
+            "cached": float(np_cached),
+            "kind": np_kind,
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data order
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffle, seed + epoch permutation, rank::world_size) restricted to
+    the `per_rank` videos the epoch's optimiser steps consume, from position `start` on.
+
+    per_rank = steps_per_epoch x accumulation x batch_per_gpu, so per epoch the ranks together
+    take exactly steps_per_epoch x global_batch distinct videos (never the padding)."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, per_rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if per_rank > self.num_samples:
+            raise ValueError(f"{per_rank} videos per rank asked, the epoch has {self.num_samples}")
+        self.per_rank = per_rank
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start : self.per_rank])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world_size, ... in order, unpadded: every video counted once
+    over the ranks (validation sums correct counts and totals across ranks)."""
+
+    def __init__(self, length: int, num_replicas: int, rank: int):
+        self.indices = range(rank, length, num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def loader_seed(seed: int, rank: int, stream: int) -> int:
+    """Seed of a data loader's own generator (shuffling is the sampler's, worker seeds come from
+    this generator): never drawn from the main process's random streams, which are saved and
+    restored at step boundaries and must not depend on when loaders start."""
+    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Numbers derived from the spec and the process count (saved as the resolved spec)."""
+
+    world_size: int
+    global_batch: int
+    batch_per_gpu: int
+    accumulation: int
+    num_sample: int
+    train_videos: int
+    val_videos: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    min_lr: float
+    precision: str
+    compile: bool
+    log_every: int
+    device: str
+
+
+def make_plan(
+    spec: dict, world_size: int, train_videos: int, val_videos: int, device: torch.device
+) -> Plan:
+    """Check the spec's numbers against the process count and the split sizes."""
+    ft, recipe = spec["finetune"], spec["recipe"]
+    accumulation = accumulation_steps(ft["global_batch"], ft["batch_per_gpu"], world_size)
+    steps_per_epoch = train_videos // ft["global_batch"]
+    if steps_per_epoch == 0:
+        raise SpecError(
+            f"the train split has {train_videos} videos, fewer than one global batch "
+            f"(finetune.global_batch {ft['global_batch']})"
+        )
+    num_sample = spec["data"]["augment"]["num_sample"]
+    if (recipe["mixup"] > 0 or recipe["cutmix"] > 0) and (ft["batch_per_gpu"] * num_sample) % 2:
+        raise SpecError(
+            f"Mixup/CutMix pair each clip with the batch flipped and need an even "
+            f"number of clips per pass: finetune.batch_per_gpu {ft['batch_per_gpu']} x "
+            f"data.augment.num_sample {num_sample} is odd"
+        )
+    compile_model = bool(recipe["compile"]) and device.type == "cuda"
+    if recipe["compile"] and not compile_model:
+        log.warning(
+            "recipe.compile ignored on %s (torch.compile is used on CUDA only)", device.type
+        )
+    return Plan(
+        world_size=world_size,
+        global_batch=ft["global_batch"],
+        batch_per_gpu=ft["batch_per_gpu"],
+        accumulation=accumulation,
+        num_sample=num_sample,
+        train_videos=train_videos,
+        val_videos=val_videos,
+        steps_per_epoch=steps_per_epoch,
+        epochs=recipe["epochs"],
+        total_steps=steps_per_epoch * recipe["epochs"],
+        warmup_steps=steps_per_epoch * recipe["warmup_epochs"],
+        lr=scaled_lr(ft["base_lr"], ft["global_batch"]),
+        min_lr=scaled_lr(recipe["min_lr"], ft["global_batch"]),
+        precision=resolve_precision(recipe["precision"], device),
+        compile=compile_model,
+        log_every=max(1, steps_per_epoch // LOG_LINES_PER_EPOCH),
+        device=device.type,
+    )
+
+
+@dataclass
+class Progress:
+    """Where training stands: the resume point (saved in every state)."""
+
+    epoch: int = 0  # current epoch (0-based)
+    step_in_epoch: int = 0  # optimiser steps done in this epoch
+    global_step: int = 0  # optimiser steps done in total
+    trained: bool = False  # this epoch's steps are all done, validation pending
+    loss_sum: float = 0.0  # this rank's sum of step losses in this epoch (per-rank, see `ranks`)
+    log_bytes: int = 0  # length of train_log.jsonl at the save
+
+
+def run_identity(spec: dict, inputs: dict[str, str]) -> str:
+    """sha256 over the spec and the input files' contents: a state is resumed only by the run
+    that wrote it (a changed config, split or checkpoint starts over)."""
+    return provenance.json_sha256(
+        {"spec": spec, **{name: provenance.file_sha256(path) for name, path in inputs.items()}}
+    )
+
+
+class StopRequested(Exception):
+    """A signal asked all ranks to stop; the state is saved."""
+
+
+class Finetune:
+    """One fine-tuning run. `run()` returns the process exit code."""
+
+    def __init__(
+        self,
+        spec: dict,
+        info: distributed.DistInfo,
+        train_csv: str,
+        val_csv: str,
+        pretrained: str,
+        state_dir: str,
+        out_dir: str,
+    ):
+        self.spec, self.info = spec, info
+        self.state_dir, self.out_dir = Path(state_dir), Path(out_dir)
+        self.device = info.device
+        self.recipe, self.data_cfg = spec["recipe"], spec["data"]
+        self.seed = self.recipe["seed"] + info.rank  # upstream: seed + rank
+        torch.manual_seed(self.seed)
+        np.random.seed(self.seed)
+        random.seed(self.seed)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+
+        # augmentation draws are a function of (recipe seed, epoch, video index) (video.item_rngs)
+        self.train_set = video.TrainDataset(
+            train_csv, self.data_cfg, "train", seed=self.recipe["seed"]
+        )
+        self.val_set = video.TrainDataset(
+            val_csv, self.data_cfg, "validation", seed=self.recipe["seed"]
+        )
+        self.plan = make_plan(
+            spec, info.world_size, len(self.train_set), len(self.val_set), self.device
+        )
+        self.identity = run_identity(
+            spec, {"train": train_csv, "val": val_csv, "pretrained": pretrained}
+        )
+
+        self.net = models.build_model(spec["arch"], spec["num_classes"])
+        report = models.load_pretrained(self.net, pretrained, spec["pretrained_format"])
+        if info.is_primary:
+            log.info("pretrained %s (%s): %s", pretrained, spec["pretrained_format"], report)
+        self.net.to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            layer_decay_groups(
+                self.net.named_parameters(),
+                self.net.layer_id,
+                self.net.num_layers,
+                set(self.net.no_weight_decay()),
+                self.recipe["weight_decay"],
+                self.recipe["layer_decay"],
+            ),
+            lr=self.plan.lr,
+            betas=tuple(self.recipe["betas"]),
+            eps=self.recipe["eps"],
+            fused=self.device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.plan.precision == "fp16")
+        self.mixup = make_mixup(self.recipe, spec["num_classes"])
+        self.criterion = make_criterion(self.recipe, self.mixup)
+        self.sampler = ResumableSampler(
+            self.train_set,
+            info.world_size,
+            info.rank,
+            self.recipe["seed"],
+            self.plan.steps_per_epoch * self.plan.accumulation * self.plan.batch_per_gpu,
+        )
+        # persistent workers (video.make_loader): the sampler is iterated in this process, the
+        # epoch reaches the workers through the datasets' shared memory (set_epoch)
+        self.train_loader = self._loader(self.train_set, self.sampler, stream=0)
+        self.val_loader = self._loader(
+            self.val_set, ShardSampler(len(self.val_set), info.world_size, info.rank), stream=1
+        )
+        self.store = StateStore(self.state_dir)
+        self.progress = Progress()
+        self.stop_signal: int | None = None
+        self.projected = False  # the cost projection is logged once per process
+        self.last_save = time.monotonic()
+        self.log_path = self.state_dir / "train_log.jsonl"
+        self.writer: SummaryWriter | None = None
+        self.model: nn.Module = self.net  # what forward runs: maybe compiled, DDP-wrapped
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Load the state (if any) into model, optimiser, scaler, progress and RNG streams."""
+        state = self.store.load(writer=self.info.is_primary)
+        distributed.barrier()  # every rank has read the state before rank 0 may move it
+        if state is not None and state["identity"] != self.identity:
+            if self.info.is_primary:  # every rank read it and decides the same; one moves it
+                self.store.set_aside("was written for another spec or other inputs")
+            state = None
+        if state is None:
+            if self.info.is_primary and self.log_path.exists():
+                os.replace(
+                    self.log_path,
+                    self.log_path.with_name(f"train_log.jsonl.old-{int(time.time())}"),
+                )
+            return
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        ranks = state["ranks"]
+        if len(ranks) == self.info.world_size:
+            set_rng_state(ranks[self.info.rank]["rng"], self.device)
+            self.progress.loss_sum = ranks[self.info.rank]["loss_sum"]
+        else:
+            log.warning(
+                "RESUME with %d processes, the state was written by %d: random streams "
+                "start afresh and this epoch's order differs (results are not bit-identical "
+                "to an uninterrupted run)",
+                self.info.world_size,
+                len(ranks),
+            )
+            self.progress.loss_sum = sum(r["loss_sum"] for r in ranks) / self.info.world_size
+        if self.info.is_primary:
+            self._truncate_log(self.progress.log_bytes)
+            log.info(
+                "RESUMED at epoch %d, step %d of %d (global step %d)%s",
+                self.progress.epoch,
+                self.progress.step_in_epoch,
+                self.plan.steps_per_epoch,
+                self.progress.global_step,
+                ", validation pending" if self.progress.trained else "",
+            )
+
+    def _truncate_log(self, size: int) -> None:
+        """Drop log lines written after the state was saved (they are redone)."""
+        if not self.log_path.exists():
+            if size:
+                log.warning("RESUME: %s is missing; the log restarts here", self.log_path)
+            return
+        if self.log_path.stat().st_size < size:
+            log.warning("RESUME: %s is shorter than at the save", self.log_path)
+            return
+        with open(self.log_path, "r+b") as handle:
+            handle.truncate(size)
+
+    def wrap(self) -> None:
+        """compile (CUDA, if asked), then DDP when more than one process."""
+        model: nn.Module = self.net
+        if self.plan.compile:
+            model = torch.compile(model)
+        if distributed.active():
+            model = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+                gradient_as_bucket_view=True,
+            )
+        self.model = model
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signum
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def save(self, reason: str) -> None:
+        """Every rank calls this at the same point; rank 0 writes the state."""
+        mine = {"rng": rng_state(self.device), "loss_sum": self.progress.loss_sum}
+        ranks = distributed.all_gather_object(mine)
+        if self.info.is_primary:
+            self.progress.log_bytes = self.log_path.stat().st_size if self.log_path.exists() else 0
+            start = time.monotonic()
+            size = self.store.save(
+                {
+                    "identity": self.identity,
+                    "model": self.net.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "progress": asdict(self.progress),
+                    "ranks": ranks,
+                    "world_size": self.info.world_size,
+                    "spec": json.dumps(self.spec, sort_keys=True),
+                }
+            )
+            log.info(
+                "saved %s (%s: epoch %d, step %d, %.0f MB in %.1f s)",
+                self.store.last,
+                reason,
+                self.progress.epoch,
+                self.progress.global_step,
+                size / 1e6,
+                time.monotonic() - start,
+            )
+        distributed.barrier()
+        self.last_save = time.monotonic()
+
+    def check_stop(self) -> None:
+        """At a step boundary: all ranks agree on a signal / a due timed save (one all-reduce)."""
+        due = (
+            self.info.is_primary
+            and time.monotonic() - self.last_save >= 60 * self.recipe["checkpoint_minutes"]
+        )
+        stop, save_due = distributed.any_rank([self.stop_signal is not None, due], self.device)
+        if stop:
+            self.save("signal")
+            raise StopRequested
+        if save_due:
+            self.save("timer")
+
+    # -- logging ---------------------------------------------------------------------------------
+
+    def write_log(self, record: dict) -> None:
+        if not self.info.is_primary:
+            return
+        with open(self.log_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            prefix = record["type"]
+            for key, value in record.items():
+                if key not in ("type", "epoch", "step") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    # -- training --------------------------------------------------------------------------------
+
+    def autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=AUTOCAST_DTYPE[self.plan.precision],
+            enabled=self.plan.precision != "fp32",
+        )
+
+    def _loader(self, dataset, sampler: Sampler, stream: int) -> DataLoader:
+        """Batches of (clips [batch x num_sample, 3, T, S, S], labels, video index), the clips
+        of one video adjacent (upstream's `multiple_samples_collate`)."""
+        return video.make_loader(
+            dataset,
+            batch_size=self.plan.batch_per_gpu,
+            sampler=sampler,
+            num_workers=self.data_cfg["num_workers"],
+            collate_fn=video.train_collate,
+            device=self.device,
+            seed=loader_seed(self.recipe["seed"], self.info.rank, stream),
+        )
+
+    def train_one_epoch(self, epoch: int) -> None:
+        """Optimiser steps from progress.step_in_epoch to the end of the epoch."""
+        plan, progress = self.plan, self.progress
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(progress.step_in_epoch * plan.accumulation * plan.batch_per_gpu)
+        self.train_set.set_epoch(epoch)
+        self.model.train()
+        bar = tqdm(
+            total=plan.steps_per_epoch,
+            initial=progress.step_in_epoch,
+            desc=f"epoch {epoch + 1}/{plan.epochs}",
+            disable=not self.info.is_primary,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        )
+        window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+        clips_per_step = plan.global_batch * plan.num_sample
+        timed_steps, timed_start = 0, None
+        batches = iter(self.train_loader)
+        while progress.step_in_epoch < plan.steps_per_epoch:
+            lr = lr_at_step(
+                progress.global_step, plan.lr, plan.min_lr, plan.warmup_steps, plan.total_steps
+            )
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            step_loss = torch.zeros((), device=self.device)
+            for micro in range(plan.accumulation):
+                wait_start = time.perf_counter()
+                clips, labels, _ = next(batches)
+                clips = clips.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                window["wait"] += time.perf_counter() - wait_start
+                if self.mixup is not None:
+                    clips, targets = mix_clips(self.mixup, clips, labels)
+                else:
+                    targets = labels
+                last = micro == plan.accumulation - 1
+                sync = (
+                    contextlib.nullcontext()
+                    if last or not distributed.active()
+                    else self.model.no_sync()
+                )
+                with sync:
+                    with self.autocast():
+                        loss = self.criterion(self.model(clips), targets)
+                    self.scaler.scale(loss / plan.accumulation).backward()
+                step_loss += loss.detach() / plan.accumulation
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_value = step_loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"loss is {loss_value} at epoch {epoch}, step "
+                    f"{progress.step_in_epoch} (global {progress.global_step})"
+                )
+            progress.step_in_epoch += 1
+            progress.global_step += 1
+            progress.loss_sum += loss_value
+            window["loss"] += loss_value
+            window["steps"] += 1
+            bar.update(1)
+            if (
+                progress.step_in_epoch % plan.log_every == 0
+                or progress.step_in_epoch == plan.steps_per_epoch
+            ):
+                self.log_steps(epoch, lr, window, clips_per_step, bar)
+                window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+            timed_steps += 1
+            if timed_steps == 1:
+                timed_start = time.perf_counter()  # the first step pays for start-up
+            last_step = progress.step_in_epoch == plan.steps_per_epoch
+            if (timed_steps == PROJECT_AFTER_STEPS + 1 or (last_step and timed_steps > 1)) and (
+                self.info.is_primary and not self.projected
+            ):
+                self.log_projection((time.perf_counter() - timed_start) / (timed_steps - 1))
+                self.projected = True
+            if progress.step_in_epoch < plan.steps_per_epoch:
+                self.check_stop()
+        bar.close()
+
+    def log_steps(
+        self, epoch: int, lr: float, window: dict, clips_per_step: int, bar: tqdm
+    ) -> None:
+        elapsed = time.perf_counter() - window["start"]
+        record = {
+            "type": "step",
+            "epoch": epoch,
+            "step": self.progress.global_step,
+            "loss": window["loss"] / window["steps"],
+            "lr": lr,
+            "clips_per_s": window["steps"] * clips_per_step / elapsed,
+            "data_wait": window["wait"] / elapsed,
+            "steps": window["steps"],
+        }
+        if self.device.type == "cuda":
+            record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+        self.write_log(record)
+
+    def log_projection(self, step_seconds: float) -> None:
+        projection = project_cost(
+            step_seconds,
+            self.plan.train_videos,
+            self.plan.global_batch,
+            self.plan.epochs,
+            self.info.world_size,
+            unit="GPU" if self.device.type == "cuda" else "CPU-process",
+        )
+        log.info(
+            "projection for the whole run (validation not included): %s", projection.describe()
+        )
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict:
+        """Single-view top-1/top-5 and CE loss over the whole val split (sums over ranks)."""
+        self.val_set.set_epoch(epoch)
+        self.net.eval()
+        totals = torch.zeros(
+            4, dtype=torch.float64, device=self.device
+        )  # loss sum, top1, top5, count
+        for clips, labels, _ in self.val_loader:
+            clips, labels = (
+                clips.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+            with self.autocast():
+                logits = self.net(clips)
+            logits = logits.float()
+            top1, top5 = topk_correct(logits, labels, (1, 5))
+            loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+            totals += torch.tensor(
+                [loss.item(), top1, top5, len(labels)], dtype=torch.float64, device=self.device
+            )
+        distributed.all_reduce_sum(totals)
+        loss_sum, top1, top5, count = totals.tolist()
+        return {
+            "val_loss": loss_sum / count,
+            "val_top1": 100 * top1 / count,
+            "val_top5": 100 * top5 / count,
+            "val_videos": int(count),
+        }
+
+    def train_loss(self) -> float:
+        """Mean step loss of the epoch over all ranks."""
+        total = torch.tensor([self.progress.loss_sum], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum(total)
+        return total.item() / (self.info.world_size * self.plan.steps_per_epoch)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        plan = self.plan
+        if self.info.is_primary:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.state_dir / "spec.json", "w") as handle:
+                json.dump(self.resolved(), handle, indent=2)
+        distributed.barrier()
+        self.resume()
+        self.wrap()
+        if self.info.is_primary:
+            self.writer = SummaryWriter(
+                str(self.state_dir / "tensorboard"), purge_step=self.progress.global_step or None
+            )
+            log.info(
+                "%s on %d process(es) (%s, %s): %d train / %d val videos, global batch %d = %d "
+                "per process x %d x %d accumulation, %d steps/epoch x %d epochs, lr %.3g -> %.3g",
+                self.spec["arch"]["patchify"],
+                plan.world_size,
+                plan.device,
+                plan.precision,
+                plan.train_videos,
+                plan.val_videos,
+                plan.global_batch,
+                plan.batch_per_gpu,
+                plan.world_size,
+                plan.accumulation,
+                plan.steps_per_epoch,
+                plan.epochs,
+                plan.lr,
+                plan.min_lr,
+            )
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
+        try:
+            while self.progress.epoch < plan.epochs:
+                epoch, epoch_start = self.progress.epoch, time.perf_counter()
+                if not self.progress.trained:
+                    self.train_one_epoch(epoch)
+                    self.progress.trained = True
+                    self.save("epoch")
+                val_start = time.perf_counter()
+                metrics = self.validate(epoch)
+                record = {
+                    "type": "epoch",
+                    "epoch": epoch,
+                    "step": self.progress.global_step,
+                    "loss": self.train_loss(),
+                    "lr": lr_at_step(
+                        self.progress.global_step - 1,
+                        plan.lr,
+                        plan.min_lr,
+                        plan.warmup_steps,
+                        plan.total_steps,
+                    ),
+                    **metrics,
+                    "train_time_s": val_start - epoch_start,
+                    "val_time_s": time.perf_counter() - val_start,
+                }
+                self.write_log(record)
+                if self.info.is_primary:
+                    log.info(
+                        "epoch %d/%d: train loss %.4f, val loss %.4f, top-1 %.2f%%, top-5 %.2f%% "
+                        "(%d videos); train %.0f s, val %.0f s",
+                        epoch + 1,
+                        plan.epochs,
+                        record["loss"],
+                        metrics["val_loss"],
+                        metrics["val_top1"],
+                        metrics["val_top5"],
+                        metrics["val_videos"],
+                        record["train_time_s"],
+                        record["val_time_s"],
+                    )
+                self.progress = Progress(epoch=epoch + 1, global_step=self.progress.global_step)
+                if self.progress.epoch < plan.epochs:
+                    self.check_stop()
+            self.finish(record)
+            return 0
+        except StopRequested:
+            if self.info.is_primary:
+                log.warning(
+                    "stopped by signal %s; state saved in %s: run again to resume (exit %d)",
+                    signal.Signals(self.stop_signal).name if self.stop_signal else "?",
+                    self.state_dir,
+                    EXIT_REQUEUE,
+                )
+            return EXIT_REQUEUE
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.writer is not None:
+                self.writer.close()
+
+    def resolved(self) -> dict:
+        return {
+            "spec": self.spec,
+            "plan": asdict(self.plan),
+            "identity": self.identity,
+            "torch": torch.__version__,
+        }
+
+    def finish(self, last_epoch: dict) -> None:
+        """Write the declared outputs (rank 0, atomically): final.pt, train_log.jsonl, spec.json."""
+        if self.info.is_primary:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            final = {
+                "model": self.net.state_dict(),
+                "arch": self.spec["arch"],
+                "num_classes": self.spec["num_classes"],
+                "epoch": self.plan.epochs - 1,
+                "epochs": self.plan.epochs,
+                "val_top1": last_epoch["val_top1"],
+                "val_top5": last_epoch["val_top5"],
+                "spec": json.dumps(self.spec, sort_keys=True),
+            }
+            with atomic_write(self.out_dir / "spec.json", "w") as handle:
+                json.dump(self.resolved(), handle, indent=2)
+            with (
+                atomic_write(self.out_dir / "train_log.jsonl", "wb") as handle,
+                open(self.log_path, "rb") as src,
+            ):
+                shutil.copyfileobj(src, handle)
+            with atomic_write(self.out_dir / "final.pt", "wb") as handle:
+                torch.save(final, handle)
+            log.info(
+                "done: %s (val top-1 %.2f%%, top-5 %.2f%%)",
+                self.out_dir / "final.pt",
+                last_epoch["val_top1"],
+                last_epoch["val_top5"],
+            )
+        distributed.barrier()
+
+
+def finetune(
+    spec: dict,
+    device: str,
+    train_csv: str,
+    val_csv: str,
+    pretrained: str,
+    state_dir: str,
+    out_dir: str,
+) -> int:
+    """Fine-tune one model (rules/finetune.smk); returns the exit code (0, or EXIT_REQUEUE)."""
+    info = distributed.init(device)
+    try:
+        return Finetune(spec, info, train_csv, val_csv, pretrained, state_dir, out_dir).run()
+    finally:
+        distributed.cleanup()

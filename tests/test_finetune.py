@@ -1,0 +1,687 @@
+"""The fine-tuning engine: the recipe's numbers as pure functions (lr schedule, layer-decay
+groups, accumulation, Mixup/CutMix on clips), the resume state file, the data order; then the
+real stage on tiny models and tiny real mp4 files: SIGKILL at random steps and SIGTERM, then
+restart, must reach bit-identical weights and metrics to an uninterrupted run (one process,
+and 2 gloo processes through torchrun)."""
+
+import contextlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import runpy
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from timm.data import Mixup
+
+from k400ft import finetune as ft
+from k400ft.io import setup_logging
+from k400ft.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARCH = {
+    "patchify": "2d",
+    "img_size": 32,
+    "num_frames": 8,
+    "patch_size": 16,
+    "tubelet_size": 2,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "mlp_ratio": 2.0,
+    "drop_path": 0.1,
+    "head_init_scale": 1.0,
+}
+RECIPE = {
+    "epochs": 2,
+    "warmup_epochs": 1,
+    "weight_decay": 0.05,
+    "layer_decay": 0.75,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+    "min_lr": 1e-6,
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "mixup_mode": "batch",
+    "smoothing": 0.1,
+    "precision": "auto",
+    "compile": False,
+    "seed": 0,
+    "checkpoint_minutes": 1e-6,  # a timed save at every step boundary: kills land mid-epoch
+}
+DATA = {
+    "num_frames": 8,
+    "sampling_rate": 2,
+    "input_size": 32,
+    "short_side_size": 32,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "augment": {
+        "rand_augment": "rand-m7-n4-mstd0.5-inc1",
+        "scale": [0.08, 1.0],
+        "ratio": [0.75, 1.3333333333333333],
+        "hflip": 0.5,
+        "reprob": 0.25,
+        "num_sample": 2,
+    },
+    "num_workers": 1,
+}
+
+
+# ---------------------------------------------------------------- lr schedule
+
+
+def upstream_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs):
+    """VideoMAE/CatMAE utils.cosine_scheduler (start_warmup_value 0, warmup_steps -1), restated."""
+    warmup_iters = warmup_epochs * niter_per_ep
+    warmup = np.linspace(0, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    cosine = final_value + 0.5 * (base_value - final_value) * (
+        1 + np.cos(np.pi * iters / len(iters))
+    )
+    return np.concatenate((warmup, cosine))
+
+
+def test_scaled_lr_is_linear_in_global_batch():
+    assert ft.scaled_lr(1.2e-3, 28) == pytest.approx(1.3125e-4)  # CatMAE seed script, 7 x 4 GPUs
+    assert ft.scaled_lr(5e-4, 48) == pytest.approx(9.375e-5)  # its VideoMAE script, 12 x 4
+    assert ft.scaled_lr(5e-4, 384) == pytest.approx(7.5e-4)  # VideoMAE's own recipe
+    assert ft.scaled_lr(1e-6, 256) == 1e-6
+
+
+def test_lr_schedule_values_at_chosen_steps():
+    lr, min_lr, spe = 1e-3, 1e-5, 10
+    warmup, total = 5 * spe, 30 * spe
+
+    def at(step):
+        return ft.lr_at_step(step, lr, min_lr, warmup, total)
+
+    assert at(0) == 0.0  # linear from 0
+    assert at(1) == pytest.approx(lr / 49)  # linspace(0, lr, 50): endpoint included
+    assert at(warmup - 1) == pytest.approx(lr)  # the last warmup step reaches lr ...
+    assert at(warmup) == pytest.approx(lr)  # ... and the cosine starts there
+    middle = warmup + (total - warmup) // 2
+    assert at(middle) == pytest.approx((lr + min_lr) / 2)  # half-way down the cosine
+    assert at(total - 1) == pytest.approx(
+        min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * 249 / 250))
+    )
+    assert min_lr < at(total - 1) < min_lr * 1.01
+    values = [at(s) for s in range(total)]
+    np.testing.assert_allclose(
+        values, upstream_cosine_scheduler(lr, min_lr, 30, spe, 5), rtol=1e-12, atol=0
+    )
+    assert all(a <= b for a, b in zip(values[: warmup - 1], values[1:warmup], strict=True))
+    assert all(a >= b for a, b in zip(values[warmup:-1], values[warmup + 1 :], strict=True))
+    with pytest.raises(ValueError, match="outside"):
+        at(total)
+
+
+def test_lr_schedule_without_warmup_and_paper_sizes():
+    # the paper run: K400 train ~240k videos, global batch 28 -> 8571 steps per epoch
+    spe = 240_000 // 28
+    lr, min_lr = ft.scaled_lr(1.2e-3, 28), ft.scaled_lr(1e-6, 28)
+    ref = upstream_cosine_scheduler(lr, min_lr, 150, spe, 5)
+    for step in (0, 1, 5 * spe - 1, 5 * spe, 77 * spe + 13, 150 * spe - 1):
+        assert ft.lr_at_step(step, lr, min_lr, 5 * spe, 150 * spe) == pytest.approx(
+            ref[step], rel=1e-12, abs=0
+        )
+    assert ft.lr_at_step(0, 1.0, 0.0, 0, 4) == 1.0  # no warmup: the cosine from step 0
+
+
+# ---------------------------------------------------------------- parameter groups
+
+
+def groups_by_name(model, weight_decay=0.05, layer_decay=0.75):
+    groups = ft.layer_decay_groups(
+        model.named_parameters(),
+        model.layer_id,
+        model.num_layers,
+        model.no_weight_decay(),
+        weight_decay,
+        layer_decay,
+    )
+    return {
+        name: (g["weight_decay"], g["lr_scale"]) for g in groups for name in g["param_names"]
+    }, groups
+
+
+def test_param_groups_membership_and_lr_scale_per_name():
+    model = build_model(TINY_ARCH, 8)  # depth 2: num_layers 4, head = layer 3
+    by_name, groups = groups_by_name(model)
+    expected = {
+        "cls_token": (0.0, 0.75**3),
+        "pos_embed": (0.0, 0.75**3),
+        "patch_embed.proj.weight": (0.05, 0.75**3),
+        "patch_embed.proj.bias": (0.0, 0.75**3),
+        "blocks.0.norm1.weight": (0.0, 0.75**2),
+        "blocks.0.attn.qkv.weight": (0.05, 0.75**2),
+        "blocks.0.attn.qkv.bias": (0.0, 0.75**2),
+        "blocks.1.mlp.fc2.weight": (0.05, 0.75),
+        "blocks.1.mlp.fc2.bias": (0.0, 0.75),
+        "fc_norm.weight": (0.0, 1.0),
+        "fc_norm.bias": (0.0, 1.0),
+        "head.weight": (0.05, 1.0),
+        "head.bias": (0.0, 1.0),
+    }
+    for name, (wd, scale) in expected.items():
+        assert by_name[name][0] == wd, name
+        assert by_name[name][1] == pytest.approx(scale), name
+    assert set(by_name) == {n for n, _ in model.named_parameters()}  # every parameter, once
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    decayed = {n for n, (wd, _) in by_name.items() if wd > 0}
+    assert all(
+        n.endswith(".weight") and dict(model.named_parameters())[n].ndim >= 2 for n in decayed
+    )
+
+
+def test_param_groups_vits_layer_ids_and_frozen_params():
+    vits = dict(TINY_ARCH, patchify="3d", depth=12, embed_dim=16)  # ViT-S depth, small width
+    model = build_model(vits, 4)
+    by_name, _ = groups_by_name(model)
+    assert model.num_layers == 14
+    assert by_name["head.weight"] == (0.05, pytest.approx(1.0))  # layer 13
+    assert by_name["fc_norm.weight"][1] == pytest.approx(1.0)
+    assert by_name["blocks.11.attn.qkv.weight"][1] == pytest.approx(0.75)  # layer 12
+    assert by_name["blocks.0.attn.q_bias"] == (0.0, pytest.approx(0.75**12))  # layer 1
+    assert by_name["patch_embed.proj.weight"][1] == pytest.approx(0.75**13)  # layer 0
+    model.head.bias.requires_grad_(False)
+    assert "head.bias" not in groups_by_name(model)[0]
+
+
+def test_param_groups_drive_adamw_lr_per_parameter():
+    model = build_model(TINY_ARCH, 8)
+    groups = ft.layer_decay_groups(
+        model.named_parameters(),
+        model.layer_id,
+        model.num_layers,
+        model.no_weight_decay(),
+        0.05,
+        0.75,
+    )
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = 2e-3 * group["lr_scale"]
+    lr_of = {n: g["lr"] for g in optimizer.param_groups for n in g["param_names"]}
+    assert lr_of["head.weight"] == pytest.approx(2e-3)
+    assert lr_of["cls_token"] == pytest.approx(2e-3 * 0.75**3)
+
+
+# ---------------------------------------------------------------- accumulation
+
+
+def test_accumulation_steps_keep_the_global_batch():
+    assert ft.accumulation_steps(28, 7, 4) == 1  # CatMAE seed script as run
+    assert ft.accumulation_steps(28, 7, 1) == 4  # the same global batch on one GPU
+    assert ft.accumulation_steps(48, 12, 2) == 2
+    assert ft.accumulation_steps(384, 12, 8) == 4  # VideoMAE's 384 on 8 GPUs
+
+
+def test_accumulation_refusal_names_the_numbers_to_change():
+    with pytest.raises(ft.SpecError) as err:
+        ft.accumulation_steps(28, 8, 4)
+    message = str(err.value)
+    assert "finetune.global_batch 28" in message and "batch_per_gpu 8 x 4 processes = 32" in message
+    assert "divisor of 7" in message and "1, 7" in message
+    with pytest.raises(
+        ValueError,
+        match=r"number of processes that divides the global batch \(1, 2, 4, 7, 14, 28\)",
+    ):
+        ft.accumulation_steps(28, 1, 3)
+
+
+# ---------------------------------------------------------------- mixup / cutmix on clips
+
+
+def two_clips():
+    clips = torch.zeros(2, 3, 4, 16, 24)
+    clips[1] = 1.0
+    return clips, torch.tensor([0, 1])
+
+
+def test_cutmix_on_clips_cuts_height_and_width_of_every_frame():
+    mixup = Mixup(
+        mixup_alpha=0.0,
+        cutmix_alpha=1.0,
+        prob=1.0,
+        switch_prob=0.5,
+        mode="batch",
+        label_smoothing=0.0,
+        num_classes=2,
+    )
+    np.random.seed(3)
+    clips, labels = two_clips()
+    mixed, targets = ft.mix_clips(mixup, clips, labels)
+    assert mixed.shape == (2, 3, 4, 16, 24)
+    box = mixed[0]  # clip 0 was zeros: ones inside the box (pasted from clip 1)
+    assert box.sum() > 0
+    assert torch.equal(box, box[:1, :1].expand_as(box))  # same box in every channel and frame
+    rows, cols = box[0, 0].any(dim=1), box[0, 0].any(dim=0)
+    assert torch.equal(box[0, 0], (rows[:, None] & cols[None, :]).float())  # a rectangle in (H, W)
+    area = float(box[0, 0].mean())
+    assert targets[0].tolist() == pytest.approx([1 - area, area])  # lam corrected to the area
+    assert torch.equal(mixed[1], 1 - mixed[0])  # the partner got the complementary box
+
+
+def test_mixup_on_clips_blends_whole_clips_with_smoothed_targets():
+    mixup = ft.make_mixup(dict(RECIPE, cutmix=0.0), num_classes=2)
+    np.random.seed(0)
+    clips, labels = two_clips()
+    mixed, targets = ft.mix_clips(mixup, clips, labels)
+    lam = 1 - float(mixed[0].mean())
+    assert torch.allclose(mixed[0], torch.full_like(mixed[0], 1 - lam))
+    assert targets[0].tolist() == pytest.approx(
+        [lam * 0.95 + (1 - lam) * 0.05, lam * 0.05 + (1 - lam) * 0.95]
+    )
+
+
+def test_criterion_follows_upstream_choice():
+    recipe = RECIPE
+    mixup = ft.make_mixup(recipe, 400)
+    assert type(ft.make_criterion(recipe, mixup)).__name__ == "SoftTargetCrossEntropy"
+    off = dict(recipe, mixup=0.0, cutmix=0.0)
+    assert ft.make_mixup(off, 400) is None
+    assert type(ft.make_criterion(off, None)).__name__ == "LabelSmoothingCrossEntropy"
+    assert type(ft.make_criterion(dict(off, smoothing=0.0), None)).__name__ == "CrossEntropyLoss"
+
+
+def test_topk_correct_counts():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
+    assert ft.topk_correct(logits, torch.tensor([1, 2, 0]), (1, 2, 5)) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- state files
+
+
+def test_state_file_round_trip_and_corruption(tmp_path):
+    state = {
+        "model": {"w": torch.randn(3, 4)},
+        "progress": {"epoch": 2, "global_step": 9},
+        "ranks": [ft.rng_state(torch.device("cpu"))],
+    }
+    path = tmp_path / "s.pt"
+    path.write_bytes(ft.pack_state(state))
+    back = ft.unpack_state(path)
+    assert torch.equal(back["model"]["w"], state["model"]["w"])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        ft.unpack_state(path)
+    flipped = bytearray(data)
+    flipped[-100] ^= 1
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        ft.unpack_state(path)
+
+
+def test_truncated_last_falls_back_to_previous_loudly(tmp_path, caplog):
+    store = ft.StateStore(tmp_path)
+    for step in (1, 2):
+        store.save({"progress": {"epoch": 0, "global_step": step}})
+    assert ft.StateStore(tmp_path).load()["progress"]["global_step"] == 2
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:-10])
+    store = ft.StateStore(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="k400ft.finetune"):
+        state = store.load()
+    assert state["progress"]["global_step"] == 1
+    assert "last.pt is unusable" in caplog.text and "PREVIOUS state" in caplog.text
+    store.save(
+        {"progress": {"epoch": 0, "global_step": 3}}
+    )  # the bad `last` must not become `prev`
+    assert ft.unpack_state(tmp_path / "prev.pt")["progress"]["global_step"] == 1
+    assert ft.StateStore(tmp_path).load()["progress"]["global_step"] == 3
+
+
+def test_rng_state_survives_the_state_file(tmp_path):
+    device = torch.device("cpu")
+    path = tmp_path / "s.pt"
+    path.write_bytes(ft.pack_state({"rng": ft.rng_state(device)}))  # weights_only-loadable
+    expected = (random.random(), np.random.rand(), np.random.normal(), torch.rand(1).item())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    ft.set_rng_state(ft.unpack_state(path)["rng"], device)
+    assert (random.random(), np.random.rand(), np.random.normal(), torch.rand(1).item()) == expected
+
+
+# ---------------------------------------------------------------- data order
+
+
+def test_resumable_sampler_skips_exactly_the_done_positions():
+    data = list(range(23))
+    per_rank = (
+        2 * 1 * 4
+    )  # 2 steps/epoch x accumulation 1 x batch_per_gpu 4 (global batch 8, 2 ranks)
+    full = {}
+    for rank in (0, 1):
+        sampler = ft.ResumableSampler(data, 2, rank, seed=0, per_rank=per_rank)
+        sampler.set_epoch(3)
+        full[rank] = list(sampler)
+        assert len(full[rank]) == per_rank
+        sampler.set_start(4)
+        assert list(sampler) == full[rank][4:] and len(sampler) == 4
+    assert len(set(full[0]) | set(full[1])) == 16  # distinct videos, never the padding
+    again = ft.ResumableSampler(data, 2, 0, seed=0, per_rank=per_rank)
+    again.set_epoch(4)
+    assert list(again) != full[0]  # a new permutation each epoch
+
+
+def test_shard_sampler_covers_every_video_once():
+    shards = [list(ft.ShardSampler(7, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(7))
+
+
+# ---------------------------------------------------------------- the stage, killed and resumed
+# Runs are forked from this process (no start-up imports; 2 ranks = 2 forks with torchrun's
+# environment variables and gloo); the resume of the killed 2-rank run goes through torchrun
+# and the CLI.
+
+NUM_CLASSES = 4
+STEPS = 2 * (16 // 4)  # 16 train videos, global batch 4, 2 epochs
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """16 train + 4 val tiny real mp4 files (one unreadable: replaced deterministically), a
+    CatMAE-layout pretrained checkpoint, and the spec."""
+    from videos import write_pattern_mp4
+
+    from k400ft.models import upstream_state_dict
+    from k400ft.video import write_split_csv
+
+    root = tmp_path_factory.mktemp("finetune")
+    rows = {"train": [], "val": []}
+    for i in range(20):
+        path = write_pattern_mp4(
+            root / f"videos/v{i:02d}.mp4", num_frames=20 + i % 7, seed=i, gop=8
+        )
+        rows["train" if i < 16 else "val"].append((str(path), i % NUM_CLASSES))
+    (root / "videos/v03.mp4").write_bytes(b"not a video")
+    for split, split_rows in rows.items():
+        write_split_csv(root / f"{split}.csv", split_rows)
+    torch.save(upstream_state_dict(TINY_ARCH, "catmae_pretrain"), root / "pretrained.pth")
+    spec = {
+        "arch": TINY_ARCH,
+        "finetune": {"global_batch": 4, "batch_per_gpu": 2, "base_lr": 1e-3},
+        "recipe": RECIPE,
+        "data": DATA,
+        "num_classes": NUM_CLASSES,
+        "pretrained_format": "catmae_pretrain",
+    }
+    return root, spec
+
+
+def paths(root: Path, name: str) -> tuple[str, ...]:
+    return (
+        str(root / "train.csv"),
+        str(root / "val.csv"),
+        str(root / "pretrained.pth"),
+        str(root / name / "state"),
+        str(root / name / "out"),
+    )
+
+
+def _rank_main(root: Path, spec: dict, name: str, env: dict) -> None:
+    """A forked rank: stderr to <name>/rank<r>.log, then the engine; exits with its code."""
+    os.environ.update(env)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(
+        root / name / f"rank{env.get('RANK', '0')}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    )
+    os.dup2(log_fd, 2)
+    sys.stderr = open(2, "w", closefd=False)
+    torch.set_num_threads(1)
+    setup_logging()
+    try:
+        code = ft.finetune(spec, "cpu", *paths(root, name))
+    except BaseException:  # noqa: BLE001 - report anything, exit non-zero
+        traceback.print_exc()
+        code = 1
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def fork_run(root: Path, spec: dict, name: str, world_size: int = 1) -> list:
+    """Start `world_size` ranks (gloo) as forks of this process; returns the processes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ranks = []
+    for rank in range(world_size):
+        env = (
+            {}
+            if world_size == 1
+            else {
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(world_size),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
+        )
+        process = multiprocessing.get_context("fork").Process(
+            target=_rank_main, args=(root, spec, name, env)
+        )
+        process.start()
+        ranks.append(process)
+    return ranks
+
+
+def rank0_log(root: Path, name: str) -> str:
+    return (root / name / "rank0.log").read_text()
+
+
+def finish(ranks: list, timeout: float = 120) -> list[int]:
+    for process in ranks:
+        process.join(timeout)
+        assert process.exitcode is not None, "a rank hung"
+    return [process.exitcode for process in ranks]
+
+
+def cli_args(root: Path, spec: dict, name: str) -> list[str]:
+    """scripts/finetune.py's command line for run `name` (rules/finetune.smk's interface)."""
+    state, out = paths(root, name)[3:]
+    return [
+        "--spec", json.dumps(spec), "--device", "cpu",
+        "--train", str(root / "train.csv"), "--val", str(root / "val.csv"),
+        "--pretrained", str(root / "pretrained.pth"), "--state-dir", state, "--out-dir", out,
+    ]  # fmt: skip
+
+
+def torchrun(root: Path, spec: dict, name: str) -> subprocess.Popen:
+    """The CLI through torchrun with 2 gloo processes."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    return subprocess.Popen(
+        [*launch, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, name)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def step_lines(state_dir: Path) -> int:
+    log_path = state_dir / "train_log.jsonl"
+    return log_path.read_text().count('"type": "step"') if log_path.exists() else 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (torchrun starts its workers in sessions of their own)."""
+    pids, index = [pid], 0
+    while index < len(pids):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pids[index]}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        index += 1
+    return pids
+
+
+def signal_at_step(root: Path, name: str, pids: list[int], after_steps: int, sig: int) -> None:
+    """Once `after_steps` step lines are logged, and at least one by this run, send `sig`
+    (SIGKILL: to every process of the run at once, data workers included, like a lost node)."""
+    deadline = time.monotonic() + 120
+    target = max(after_steps, step_lines(root / name / "state") + 1)
+    while step_lines(root / name / "state") < target:
+        assert time.monotonic() < deadline, "the run never reached the kill point"
+        time.sleep(0.01)
+    targets = [p for pid in pids for p in process_tree(pid)] if sig == signal.SIGKILL else pids
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def outcome(out_dir: Path):
+    """Final weights and every logged number that must not depend on interruptions."""
+    final = torch.load(out_dir / "final.pt", map_location="cpu", weights_only=True)
+    lines = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+    keys = ("type", "epoch", "step", "loss", "lr", "val_loss", "val_top1", "val_top5", "val_videos")
+    return final, [{k: line[k] for k in keys if k in line} for line in lines]
+
+
+def assert_same_run(reference, other):
+    (ref_final, ref_log), (final, log_lines) = reference, other
+    assert final.keys() == ref_final.keys()
+    assert ref_final["model"].keys() == final["model"].keys()
+    for key, value in ref_final["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+    assert log_lines == ref_log  # same steps, losses, lrs, val metrics, nothing duplicated
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    """An uninterrupted one-process run."""
+    root, spec = tiny
+    assert finish(fork_run(root, spec, "ref")) == [0], rank0_log(root, "ref")[-5000:]
+    return outcome(root / "ref/out")
+
+
+def test_uninterrupted_run_outputs_log_and_schedule(tiny, reference):
+    root, spec = tiny
+    final, lines = reference
+    steps = [line for line in lines if line["type"] == "step"]
+    assert [line["step"] for line in steps] == list(range(1, STEPS + 1))
+    assert steps[0]["lr"] == 0.0 and steps[3]["lr"] == pytest.approx(
+        1e-3 * 4 / 256
+    )  # warmup 0 -> lr
+    epochs = [line for line in lines if line["type"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1] and all(e["val_videos"] == 4 for e in epochs)
+    assert (
+        final["epoch"] == 1 and final["arch"] == TINY_ARCH and final["num_classes"] == NUM_CLASSES
+    )
+    assert "cannot decode" in rank0_log(root, "ref")  # the broken video was met and replaced
+    assert sorted(p.name for p in (root / "ref/out").iterdir()) == [
+        "final.pt",
+        "spec.json",
+        "train_log.jsonl",
+    ]
+    resolved = json.loads((root / "ref/out/spec.json").read_text())
+    assert resolved["plan"]["accumulation"] == 2 and resolved["plan"]["steps_per_epoch"] == 4
+    assert resolved["spec"] == spec
+    assert (root / "ref/state/last.pt").exists() and (root / "ref/state/prev.pt").exists()
+    assert any((root / "ref/state/tensorboard").iterdir())
+    # a finished run started again resumes from its last state and writes the same outputs
+    assert finish(fork_run(root, spec, "ref")) == [0]
+    assert "RESUMED at epoch 1, step 4 of 4 (global step 8), validation pending" in rank0_log(
+        root, "ref"
+    )
+    assert_same_run(reference, outcome(root / "ref/out"))
+
+
+def test_sigkill_and_sigterm_at_random_steps_then_resume_is_bit_identical(tiny, reference):
+    root, spec = tiny
+    # 8 steps, 4 per epoch; SIGTERM no later than step 6 (one landing in the last step finishes)
+    first, second, third = sorted(random.Random(0).sample(range(1, STEPS // 2 + 1), 3))
+    for after in (first, second):  # SIGKILL twice, at two random steps
+        ranks = fork_run(root, spec, "kill")
+        signal_at_step(root, "kill", [r.pid for r in ranks], after, signal.SIGKILL)
+        assert finish(ranks) == [-signal.SIGKILL]
+        assert not (root / "kill/out").exists()
+    ranks = fork_run(root, spec, "kill")  # then SIGTERM: save at the next step, exit for a retry
+    signal_at_step(root, "kill", [r.pid for r in ranks], third, signal.SIGTERM)
+    assert finish(ranks) == [ft.EXIT_REQUEUE]
+    assert "stopped by signal SIGTERM" in rank0_log(root, "kill")
+    assert not (root / "kill/out").exists()
+    assert finish(fork_run(root, spec, "kill")) == [0]
+    log_text = rank0_log(root, "kill")
+    assert "(signal: epoch" in log_text
+    assert (
+        "RESUMED at epoch" in log_text.split("stopped by signal SIGTERM")[1]
+    )  # from the signal's save
+    assert not list((root / "kill/state").glob(".*.tmp"))  # a save cut by SIGKILL leaves no litter
+    assert_same_run(reference, outcome(root / "kill/out"))
+
+
+def test_two_processes_killed_then_resumed_through_torchrun_is_bit_identical(tiny):
+    root, spec = tiny
+    assert finish(fork_run(root, spec, "ddp_ref", world_size=2)) == [0, 0], rank0_log(
+        root, "ddp_ref"
+    )[-5000:]
+    reference = outcome(root / "ddp_ref/out")
+    ranks = fork_run(root, spec, "ddp", world_size=2)
+    signal_at_step(
+        root,
+        "ddp",
+        [r.pid for r in ranks],
+        random.Random(1).randrange(1, STEPS - 1),
+        signal.SIGKILL,
+    )
+    assert finish(ranks) == [-signal.SIGKILL] * 2
+    run = torchrun(root, spec, "ddp")  # the CLI, 2 gloo processes, resuming the 2-rank state
+    _, stderr = run.communicate(timeout=240)
+    assert run.returncode == 0, stderr[-5000:]
+    assert "RESUMED at epoch" in stderr
+    assert_same_run(reference, outcome(root / "ddp/out"))
+    resolved = json.loads((root / "ddp/out/spec.json").read_text())
+    assert resolved["plan"]["world_size"] == 2 and resolved["plan"]["accumulation"] == 1
+
+
+def test_a_state_of_another_spec_is_set_aside_not_resumed(tiny, reference):
+    root, spec = tiny
+    shutil.copytree(root / "ref/state", root / "stale/state")
+    changed = json.loads(json.dumps(spec))
+    changed["finetune"]["base_lr"] = 2e-3
+    changed["recipe"]["epochs"] = 1
+    assert finish(fork_run(root, changed, "stale")) == [0]
+    log_text = rank0_log(root, "stale")
+    assert "was written for another spec or other inputs" in log_text and "RESUMED" not in log_text
+    assert len(list((root / "stale/state").glob("*.pt.stale-*"))) == 2
+
+
+def test_cli_refuses_a_global_batch_that_does_not_split(tiny, monkeypatch, capsys):
+    root, spec = tiny
+    bad = dict(spec, finetune={"global_batch": 6, "batch_per_gpu": 4, "base_lr": 1e-3})
+    monkeypatch.setattr(sys, "argv", ["finetune.py", *cli_args(root, bad, "bad")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/finetune.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    assert (
+        "finetune.global_batch 6 is not a multiple of finetune.batch_per_gpu 4"
+        in capsys.readouterr().err
+    )
+    assert not (root / "bad/out").exists()
+
+
+def test_cost_projection():
+    # 240k videos / global batch 48 = 5000 steps per epoch x 150 epochs at 0.5 s, 4 GPUs
+    p = ft.project_cost(0.5, 240_000, 48, 150, 4)
+    assert p.steps_total == 750_000
+    assert p.wall_hours == pytest.approx(750_000 * 0.5 / 3600)
+    assert p.gpu_hours == pytest.approx(4 * p.wall_hours)
+    with_val = ft.project_cost(
+        0.5, 240_000, 48, 150, 4, val_videos=19_800, val_videos_per_second=100
+    )
+    assert with_val.wall_hours == pytest.approx(p.wall_hours + 150 * 198 / 3600)
+    assert "750000 optimiser steps" in p.describe() and "GPU-hours" in p.describe()
