@@ -52,6 +52,10 @@ def gpus(stage):
     return spec["procs_per_node"] if spec["device"] == "cuda" else 0
 
 
+# What the test views depend on (augmentation and loader settings do not change them).
+TEST_DATA_KEYS = ("num_frames", "sampling_rate", "short_side_size", "mean", "std")
+
+
 def launch_threads(stage):
     """CPUs per node of a torchrun stage: each process and its DataLoader workers."""
     procs = config["launch"][stage]["procs_per_node"]
@@ -116,7 +120,7 @@ def finetune_params(model):
         "arch": spec["arch"],
         "finetune": spec["finetune"],
         "recipe": config["recipe"],
-        "data": config["data"],
+        "data": {k: v for k, v in config["data"].items() if k != "num_workers"},
         "num_classes": config["kinetics"]["num_classes"],
         "pretrained_format": config["checkpoints"][spec["pretrained"]]["format"],
     }
@@ -137,7 +141,7 @@ def eval_params(row):
     spec = row_spec(row)
     return {
         "arch": spec["arch"],
-        "data": config["data"],
+        "data": {k: config["data"][k] for k in TEST_DATA_KEYS},
         "evaluate": config["evaluate"],
         "num_classes": config["kinetics"]["num_classes"],
         "weights_format": (

@@ -25,4 +25,4 @@ rule evaluate:
     shell:
         "{params.launch} scripts/evaluate.py --spec {params.spec:q} --device {params.device}"
         " --test {input.test:q} --weights {input.weights:q} --out-dir $(dirname {output.metrics:q})"
-        " 2> {log:q}"
+        " --threads {threads} 2> {log:q}"

@@ -28,4 +28,5 @@ rule finetune:
     shell:
         "{params.launch} scripts/finetune.py --spec {params.spec:q} --device {params.device}"
         " --train {input.train:q} --val {input.val:q} --pretrained {input.pretrained:q}"
-        " --state-dir {params.state:q} --out-dir $(dirname {output.weights:q}) 2> {log:q}"
+        " --state-dir {params.state:q} --out-dir $(dirname {output.weights:q}) --threads {threads}"
+        " 2> {log:q}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from k400ft.distributed import loader_workers
 from k400ft.evaluate import evaluate
 from k400ft.io import load_json_arg, setup_logging
 
@@ -28,9 +29,12 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="fine-tuned weights (.pt / .pth)")
     parser.add_argument("--device", required=True, choices=("cuda", "cpu"))
     parser.add_argument("--out-dir", required=True, help="folder for logits.npz and metrics.json")
+    parser.add_argument("--threads", type=int, default=1, help="CPUs of the job on this node")
     args = parser.parse_args()
     setup_logging()
-    evaluate(load_json_arg(args.spec, "--spec"), args.device, args.test, args.weights, args.out_dir)
+    spec = load_json_arg(args.spec, "--spec")
+    spec["data"]["num_workers"] = loader_workers(args.threads)
+    evaluate(spec, args.device, args.test, args.weights, args.out_dir)
 
 
 if __name__ == "__main__":

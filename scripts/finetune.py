@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from k400ft.distributed import loader_workers
 from k400ft.finetune import SpecError, finetune
 from k400ft.io import load_json_arg, setup_logging
 
@@ -37,9 +38,11 @@ def main() -> None:
     parser.add_argument("--pretrained", required=True, help="pretrained checkpoint (.pth)")
     parser.add_argument("--state-dir", required=True, help="resume state (kept across failures)")
     parser.add_argument("--out-dir", required=True, help="folder for final.pt and train_log.jsonl")
+    parser.add_argument("--threads", type=int, default=1, help="CPUs of the job on this node")
     args = parser.parse_args()
     setup_logging()
     spec = load_json_arg(args.spec, "--spec")
+    spec["data"]["num_workers"] = loader_workers(args.threads)
     try:
         code = finetune(
             spec, args.device, args.train, args.val, args.pretrained, args.state_dir, args.out_dir

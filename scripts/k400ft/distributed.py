@@ -135,3 +135,11 @@ def cleanup() -> None:
     """Leave the process group (call once at the end, on every rank)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def loader_workers(threads: int) -> int:
+    """DataLoader workers per process: the job's CPUs shared by this node's processes, one CPU
+    each kept for the process itself (torchrun sets LOCAL_WORLD_SIZE). Derived from the CPUs
+    the scheduler gave, not from config, so a loader setting never re-runs a stage."""
+    procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(threads // procs - 1, 0)

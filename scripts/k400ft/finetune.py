@@ -560,9 +560,14 @@ class Progress:
 
 def run_identity(spec: dict, inputs: dict[str, str]) -> str:
     """sha256 over the spec and the input files' contents: a state is resumed only by the run
-    that wrote it (a changed config, split or checkpoint starts over)."""
+    that wrote it (a changed config, split or checkpoint starts over). The number of loader
+    workers is not part of it: it follows the CPUs a job gets and does not change the result."""
+    data = {k: v for k, v in spec["data"].items() if k != "num_workers"}
     return provenance.json_sha256(
-        {"spec": spec, **{name: provenance.file_sha256(path) for name, path in inputs.items()}}
+        {
+            "spec": {**spec, "data": data},
+            **{name: provenance.file_sha256(path) for name, path in inputs.items()},
+        }
     )
 
 
