@@ -36,11 +36,14 @@ def launcher(stage):
     spec = config["launch"][stage]
     nproc = spec["procs_per_node"]
     nodes = spec["nodes"]
+    # torchrun forwards these to the trainers (by default not SIGUSR1, which would kill
+    # torchrun and orphan a trainer that trains on unseen): they save `last` and exit 75.
+    torchrun = "torchrun --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
     if nodes == 1:
-        return f"exec torchrun --standalone --nnodes=1 --nproc-per-node={nproc}"
+        return f"exec {torchrun} --standalone --nnodes=1 --nproc-per-node={nproc}"
     return (
         f"exec srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1"
-        f" torchrun --nnodes={nodes} --nproc-per-node={nproc} --rdzv-backend=c10d"
+        f" {torchrun} --nnodes={nodes} --nproc-per-node={nproc} --rdzv-backend=c10d"
         f' --rdzv-id="${{SLURM_JOB_ID:?launch.{stage}.nodes > 1 runs in a SLURM job}}"'
         ' --rdzv-endpoint="$(hostname):$((29500 + SLURM_JOB_ID % 1000))"'
     )
