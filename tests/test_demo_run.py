@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from test_workflow import job_counts, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,14 @@ def test_demo_learns_and_writes_the_table(demo_repo, capsys):
         # colour (25% = 2x chance) within the demo's epochs, not yet the motion direction.
         assert m["top1"] >= 1.5 * CHANCE, f"{model}: Top-1 {m['top1']:.1f}% < 1.5x chance"
         assert m["top5"] >= m["top1"]
-    for model in metrics:
-        assert model in table or metrics[model]["top1"] is None
+    names = {
+        m: spec["name"]
+        for m, spec in yaml.safe_load((demo_repo / "demo/config.yaml").read_text())[
+            "models"
+        ].items()
+    }
+    for model, m in metrics.items():  # one row per model, with its measured Top-1
+        assert f"| {names[model]} |" in table and f"| {m['top1']:.1f} |" in table, model
     for name in (
         "table.csv",
         "table.tex",
