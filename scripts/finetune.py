@@ -19,30 +19,22 @@ non-zero: a failure.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from k400ft.distributed import loader_workers
+from k400ft.distributed import stage_parser, stage_spec
 from k400ft.finetune import SpecError, finetune
-from k400ft.io import load_json_arg, setup_logging
+from k400ft.io import setup_logging
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--spec", required=True, help="fine-tuning spec as JSON (see above)")
-    parser.add_argument("--device", required=True, choices=("cuda", "cpu"))
+    parser = stage_parser(__doc__, "fine-tuning", "final.pt and train_log.jsonl")
     parser.add_argument("--train", required=True, help="train CSV: '<path> <label>' per line")
     parser.add_argument("--val", required=True, help="val CSV (validated every epoch, single view)")
     parser.add_argument("--pretrained", required=True, help="pretrained checkpoint (.pth)")
     parser.add_argument("--state-dir", required=True, help="resume state (kept across failures)")
-    parser.add_argument("--out-dir", required=True, help="folder for final.pt and train_log.jsonl")
-    parser.add_argument("--threads", type=int, default=1, help="CPUs of the job on this node")
     args = parser.parse_args()
     setup_logging()
-    spec = load_json_arg(args.spec, "--spec")
-    spec["data"]["num_workers"] = loader_workers(args.threads)
+    spec = stage_spec(args)
     try:
         code = finetune(
             spec, args.device, args.train, args.val, args.pretrained, args.state_dir, args.out_dir

@@ -36,3 +36,13 @@ def test_load_json_arg_names_the_argument():
         load_json_arg("{a: 1}", "--spec")
     with pytest.raises(SystemExit, match="--spec must be a JSON object"):
         load_json_arg("[1]", "--spec")
+
+
+def test_loader_workers_share_the_jobs_cpus_among_the_nodes_processes(monkeypatch):
+    from k400ft.distributed import loader_workers
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader_workers(44) == 10  # the paper's 4 trainers x (10 workers + 1)
+    assert loader_workers(3) == 0  # fewer CPUs than processes: load in the trainer
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert loader_workers(2) == 1  # the demo: one process, one worker

@@ -10,6 +10,7 @@ collective below is the identity.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from k400ft.io import load_json_arg
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective that waits longer is a hung rank
 
@@ -143,3 +146,23 @@ def loader_workers(threads: int) -> int:
     the scheduler gave, not from config, so a loader setting never re-runs a stage."""
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(threads // procs - 1, 0)
+
+
+def stage_parser(doc: str, what: str, outputs: str) -> argparse.ArgumentParser:
+    """The command line every torchrun stage script shares: --spec (JSON, `what`), --device,
+    --out-dir (for `outputs`) and --threads (the job's CPUs on this node)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spec", required=True, help=f"{what} spec as JSON (see above)")
+    parser.add_argument("--device", required=True, choices=("cuda", "cpu"))
+    parser.add_argument("--out-dir", required=True, help=f"folder for {outputs}")
+    parser.add_argument("--threads", type=int, default=1, help="CPUs of the job on this node")
+    return parser
+
+
+def stage_spec(args: argparse.Namespace) -> dict:
+    """The stage's spec from --spec, with the loader workers that --threads allows."""
+    spec = load_json_arg(args.spec, "--spec")
+    spec["data"]["num_workers"] = loader_workers(args.threads)
+    return spec
