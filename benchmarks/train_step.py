@@ -254,6 +254,11 @@ def loader_for(cfg: dict, csv: Path, batch: int, workers: int, device: torch.dev
 
 
 def endless(loader):
+    if len(loader) == 0:
+        raise SystemExit(
+            f"the loader gives no full batch: {len(loader.dataset)} videos for a batch of "
+            f"{loader.batch_size} (more --videos, or a smaller --batch)"
+        )
     epoch = 0
     while True:
         loader.dataset.set_epoch(epoch)
@@ -458,8 +463,8 @@ def main() -> None:
     settings = [(args.compile and args.device == "cuda", args.channels_last)]
     if args.suite and args.device == "cuda":
         settings = [(False, False), (False, True), (True, False), (True, True)]
-    for model_name in args.model or list(cfg["models"]):
-        for compile_model, channels_last in settings:
+    for compile_model, channels_last in settings:  # every model at one setting before the next
+        for model_name in args.model or list(cfg["models"]):
             report(measure(cfg, args, model_name, compile_model, channels_last, csv), cfg, args)
             if args.device == "cuda":
                 torch.cuda.empty_cache()
