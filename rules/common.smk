@@ -94,12 +94,14 @@ def all_outputs():
 
 # demo stage
 def demo_pretrained(ckpt):
-    """Format and arch of the model that demo checkpoint `ckpt` pretrains."""
+    """Format, arch and pretext pretraining of the model that demo checkpoint `ckpt` pretrains."""
     model = next(m for m in config["models"].values() if m["pretrained"] == ckpt)
     shape = ("patchify", "img_size", "num_frames", "patch_size", "tubelet_size")
     shape += ("embed_dim", "depth", "num_heads", "mlp_ratio")  # not fine-tune-only keys
     arch = {key: model["arch"][key] for key in shape}
-    return {"format": config["checkpoints"][ckpt]["format"], "arch": arch}
+    data = {key: config["data"][key] for key in ("sampling_rate", "mean", "std")}
+    pretrain = {**config["demo"]["pretrain"], "seed": config["demo"]["seed"], **data}
+    return {"format": config["checkpoints"][ckpt]["format"], "arch": arch, "pretrain": pretrain}
 
 
 # checkpoints stage

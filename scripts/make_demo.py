@@ -2,7 +2,8 @@
 
 python scripts/make_demo.py videos --demo '<config demo JSON>' --kinetics '<config kinetics JSON>'
 python scripts/make_demo.py checkpoint --output X.pth \\
-    --spec '{"format": "catmae_pretrain" | "videomae_pretrain", "arch": <config arch>}'
+    --spec '{"format": "catmae_pretrain" | "videomae_pretrain", "arch": <config arch>,
+             "pretrain": <config demo.pretrain + seed, sampling_rate, mean, std>}'
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ def main() -> None:
     videos.add_argument("--demo", required=True, help="config `demo` section as JSON")
     videos.add_argument("--kinetics", required=True, help="config `kinetics` section as JSON")
     checkpoint = sub.add_parser(
-        "checkpoint", help="write a tiny pretrained checkpoint in an upstream layout"
+        "checkpoint", help="pretrain a tiny encoder briefly, save it in an upstream layout"
     )
-    checkpoint.add_argument("--spec", required=True, help='JSON {"format": ..., "arch": {...}}')
+    checkpoint.add_argument(
+        "--spec", required=True, help='JSON {"format": ..., "arch": {...}, "pretrain": {...}}'
+    )
     checkpoint.add_argument("--output", required=True, help="checkpoint file to write")
     args = parser.parse_args()
     setup_logging()

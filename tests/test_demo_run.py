@@ -54,9 +54,10 @@ def test_demo_learns_and_writes_the_table(demo_repo, capsys):
         print(f"\n[demo] wall time {wall} s\n{table}")
     for model, m in metrics.items():
         assert m["videos"] > 0 and m["views"] == 15, model
-        # Learnt above chance: the tiny models from random "pretrained" weights learn the
-        # colour (25% = 2x chance) within the demo's epochs, not yet the motion direction.
-        assert m["top1"] >= 1.5 * CHANCE, f"{model}: Top-1 {m['top1']:.1f}% < 1.5x chance"
+        # Colour alone gives 25% (2x chance); above 2.5x chance the model has learnt motion.
+        # The demo measured 45.7% (CatMAE) and 58.7% (VideoMAE), both over 3x chance; the
+        # bound leaves room for other CPUs' float rounding to change a few predictions.
+        assert m["top1"] >= 2.5 * CHANCE, f"{model}: Top-1 {m['top1']:.1f}% < 2.5x chance"
         assert m["top5"] >= m["top1"]
     names = {
         m: spec["name"]

@@ -10,18 +10,34 @@ Kinetics download scripts produce. Like every real copy, a few entries are broke
 file, a truncated download, an HTML error page saved as .mp4 and a listed clip whose file is
 missing.
 
-Classes: a pair of coloured squares (red or blue, side about 1/5 of the short side) over a
-static grey noise background, either moving down, moving up, moving sideways or standing still:
-2 x 4 = 8 classes. They are chosen to survive the real training augmentation:
-- the horizontal flip (p 0.5) turns a leftward motion into a rightward one, so left and right
-  are one class ("sideways", either sign), while up and down stay distinct;
-- the random resized crop (scale 0.08-1) often misses a single small square: the pair moves
-  together, half a frame apart on a torus (the squares wrap around the edges), which raises the
-  share of training clips whose crop shows a square in at least half the frames from about 59%
-  to 85% (measured at 72 x 96 with the recipe's crop);
+Classes: a pair of coloured squares (red or blue, side about 1/5 of the short side) on a plain
+grey background, either standing still, blinking, moving slowly or moving fast: 2 x 4 = 8
+classes. Every frame of a still, slow or fast clip looks alike: telling them apart needs time,
+so colour alone gives 25% Top-1 (2x chance) and anything above needs motion. The motion
+classes show inside one tubelet (two frames `sampling_rate` apart): a still square is the same
+in both, a blinking one is often in one of them only, a slow one moves by about a fifth of its
+side, a fast one by most of it. That suits both models: CatMAE has no temporal positions and
+starts from the inflated 2D kernel (w/2 on both frames, REFERENCE.md §1), so it sees sharp,
+faint, slightly and much smeared squares; and the ratio of shift to side survives the random
+resized crop's zoom. Further choices:
+- the direction is drawn uniformly per clip, so the horizontal flip (p 0.5) keeps each class;
+- the background is one plain grey for every clip: with a per-clip noise texture the model
+  memorised the 20 training videos of a class instead of learning their motion (measured:
+  train 100%, val near chance);
+- the pair moves together, half a frame apart on a torus (the squares wrap around the edges),
+  so the random resized crop (scale 0.08-1) shows a square in most frames;
 - RandAugment keeps hue apart from Invert/Solarize, which map red and blue to other distinct
   colours (cyan, yellow), so colour stays learnable.
-Start position, speed, a small perpendicular drift, square size and exact colour vary per clip.
+Start position, direction, speed within its class, blinking period and phase, square size and
+exact colour vary per clip.
+
+Checkpoints: the paper's are self-supervised pretrainings of hundreds of GPU-days, and a
+tiny model fine-tuned from random weights under the full recipe (Mixup/CutMix, RandAugment,
+crops down to 8% of the frame) learns nothing in the demo's minutes (measured: chance level).
+So `pretrain_encoder` gives each tiny encoder a short supervised pretext on clips drawn fresh
+from this generator (not the demo's files): predict the colour, whether it blinks and the
+speed. The fine-tune then learns the eight labels, the slow/fast boundary included, from a
+new head under the full recipe.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ import dataclasses
 import io
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +64,16 @@ CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split", "is_cc"
 SPLITS = ("train", "val")  # also the `split` column's values in the official lists
 
 COLOURS: dict[str, tuple[int, int, int]] = {"blue": (40, 80, 230), "red": (225, 35, 35)}
-# motion -> unit direction (dy, dx); "sideways" draws the sign of dx per clip
-MOTIONS: dict[str, tuple[float, float]] = {
-    "moving down": (1.0, 0.0),
-    "moving sideways": (0.0, 1.0),
-    "moving up": (-1.0, 0.0),
-    "standing still": (0.0, 0.0),
+# motion -> speed range (pixels per frame, fraction of the short side) and whether it blinks
+MOTIONS: dict[str, tuple[tuple[float, float], bool]] = {
+    "blinking": ((0.0, 0.0), True),
+    "moving fast": ((0.03, 0.045), False),  # 9-13 px per tubelet at 72 px: most of a side
+    "moving slowly": ((0.006, 0.01), False),  # 2-3 px per tubelet at 72 px: a fifth of a side
+    "standing still": ((0.0, 0.0), False),
 }
+BLINK_FRAMES = (3, 6)  # a blinking square is shown, then hidden, for this many frames each
 SQUARE = (0.17, 0.23)  # square side, fraction of the frame's short side
-SPEED = (0.007, 0.012)  # pixels per frame, fraction of the short side (~30-50 px over 64 frames)
-DRIFT = 0.15  # perpendicular drift, at most this fraction of the speed
-BACKGROUND = (60, 190)  # grey levels of the static noise background
+BACKGROUND = 128  # grey level of the plain background, the same in every clip
 COLOUR_JITTER = 20  # per-channel variation of the square's colour
 DEFECTS = ("zero_byte", "truncated", "not_video")  # cycled over `demo.broken`; plus one "missing"
 TRUNCATE_AT = 0.4  # a truncated download keeps this fraction of the bytes
@@ -154,13 +170,20 @@ def plan_clips(demo: dict) -> list[Clip]:
     return clips
 
 
-def render_clip(clip: Clip, height: int, width: int, seed: int) -> np.ndarray:
-    """The frames [T, H, W, 3] uint8 of `clip`: two coloured squares, half a frame apart in
-    both directions, moving together over static noise.
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """What one clip shows, drawn from its class by `draw_scene`."""
 
-    The squares wrap around the frame edges (a torus), so they never leave the frame.
-    Deterministic from (seed, clip.index).
-    """
+    side: int  # square side, pixels
+    colour: np.ndarray  # RGB
+    velocity: np.ndarray  # (vy, vx), pixels per frame
+    blink_period: int  # frames shown, then hidden; 0: never hidden
+    blink_phase: int
+    start: np.ndarray  # (y, x) of the first square in frame 0
+
+
+def draw_scene(clip: Clip, height: int, width: int, seed: int) -> Scene:
+    """The random draw of `clip`'s scene, deterministic from (seed, clip.index)."""
     rng = np.random.default_rng([seed, clip.index])
     colour_name, _, motion = clip.label.partition(" squares ")
     short = min(height, width)
@@ -168,20 +191,36 @@ def render_clip(clip: Clip, height: int, width: int, seed: int) -> np.ndarray:
     colour = np.clip(
         np.array(COLOURS[colour_name]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255
     )
-    dy, dx = MOTIONS[motion]
-    if motion == "moving sideways":
-        dx = float(rng.choice([-1.0, 1.0]))
-    speed = short * rng.uniform(*SPEED)
-    drift = speed * rng.uniform(-DRIFT, DRIFT) if (dy or dx) else 0.0
-    velocity = np.array([dy * speed + dx * drift, dx * speed + dy * drift])  # (vy, vx) px/frame
+    speeds, blinks = MOTIONS[motion]
+    angle = rng.uniform(0, 2 * np.pi)
+    velocity = short * rng.uniform(*speeds) * np.array([np.sin(angle), np.cos(angle)])
+    period = int(rng.integers(BLINK_FRAMES[0], BLINK_FRAMES[1] + 1))
+    phase = int(rng.integers(2 * period))
     start = rng.uniform(0, [height, width])
-    grey = rng.integers(BACKGROUND[0], BACKGROUND[1] + 1, (height, width), dtype=np.uint8)
-    frames = np.repeat(np.repeat(grey[None, :, :, None], 3, axis=3), clip.num_frames, axis=0)
-    offsets = np.arange(side)
-    for t in range(clip.num_frames):
+    return Scene(side, colour, velocity, period if blinks else 0, phase, start)
+
+
+def render_clip(
+    clip: Clip, height: int, width: int, seed: int, times: Sequence[int] | None = None
+) -> np.ndarray:
+    """The frames [T, H, W, 3] uint8 of `clip` (or only those at `times`): two coloured squares,
+    half a frame apart in both directions, moving (or blinking) together on a plain grey
+    background.
+
+    The squares wrap around the frame edges (a torus), so they never leave the frame.
+    Deterministic from (seed, clip.index).
+    """
+    scene = draw_scene(clip, height, width, seed)
+    times = range(clip.num_frames) if times is None else times
+    frames = np.full((len(times), height, width, 3), BACKGROUND, dtype=np.uint8)
+    offsets = np.arange(scene.side)
+    for i, t in enumerate(times):
+        if scene.blink_period and (t + scene.blink_phase) // scene.blink_period % 2:
+            continue
         for pair in (0.0, 0.5):
-            y, x = np.rint(start + velocity * t + pair * np.array([height, width])).astype(int)
-            frames[t][np.ix_((y + offsets) % height, (x + offsets) % width)] = colour
+            y, x = np.rint(scene.start + scene.velocity * t + pair * np.array([height, width]))
+            rows, cols = (y.astype(int) + offsets) % height, (x.astype(int) + offsets) % width
+            frames[i][np.ix_(rows, cols)] = scene.colour
     return frames
 
 
@@ -297,9 +336,91 @@ def write_videos(demo: dict, kinetics: dict) -> dict[str, Any]:
     return summary
 
 
+PRETEXT_TARGETS = ("red", "blinks", "speed")  # what the pretext head predicts, per clip
+
+
+def pretext_batch(
+    rng: np.random.Generator, count: int, arch: dict, pretrain: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` fresh clips from the demo's generator at the model's input size, normalised as
+    the loader does, and their pretext targets (is red, blinks, speed / fastest speed).
+
+    Each clip is rendered square at `img_size` with `num_frames x sampling_rate` frames and
+    sampled every `sampling_rate` frames, as a training clip; it is not one of the demo's files.
+    """
+    size, frames, rate = arch["img_size"], arch["num_frames"], pretrain["sampling_rate"]
+    mean, std = np.array(pretrain["mean"]) * 255, np.array(pretrain["std"]) * 255
+    names = class_names()
+    fastest = max(high for (_, high), _ in MOTIONS.values())  # of the short side, per frame
+    clips, targets = [], []
+    for label in rng.choice(names, count):
+        clip = Clip(int(rng.integers(2**31)), str(label), "", 0, "train", frames * rate)
+        video = render_clip(clip, size, size, int(pretrain["seed"]), range(0, frames * rate, rate))
+        clips.append(((video - mean) / std).transpose(3, 0, 1, 2))  # [3, T, H, W]
+        scene = draw_scene(clip, size, size, seed=int(pretrain["seed"]))
+        speed = np.linalg.norm(scene.velocity) / size / fastest
+        targets.append((clip.label.startswith("red"), scene.blink_period > 0, speed))
+    return np.stack(clips).astype(np.float32), np.array(targets, dtype=np.float32)
+
+
+def pretrain_encoder(spec: dict):
+    """Pretrain the encoder of `spec.arch` briefly on a supervised pretext, return the model.
+
+    A stand-in for the paper checkpoints' self-supervised pretraining (hundreds of GPU-days):
+    `spec.pretrain.steps` AdamW steps on fresh generated clips (`pretext_batch`) with a
+    3-output head (colour, blinking: binary cross entropy; speed: squared error). The
+    fine-tune then learns the eight labels, the slow/fast boundary included, on the demo's
+    files under the full recipe, from a new head. A "2d" (CatMAE) model trains with its
+    stem's two temporal slices kept equal, as the inflated 2D kernel it will be saved as, and
+    with its spatial-only positions: the checkpoint is a 2D model, as upstream's.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from k400ft.models import build_model
+
+    arch, pretrain = spec["arch"], spec["pretrain"]
+    torch.manual_seed(int(pretrain["seed"]))
+    rng = np.random.default_rng(int(pretrain["seed"]))
+    model = build_model({**arch, "drop_path": 0.0}, num_classes=len(PRETEXT_TARGETS))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(pretrain["lr"]), weight_decay=0.05)
+    stem = model.patch_embed.proj.weight
+    steps, batch = int(pretrain["steps"]), int(pretrain["batch"])
+    began = time.perf_counter()
+    clips, targets = pretext_batch(rng, int(pretrain["clips"]), arch, pretrain)
+    pool = [torch.from_numpy(clips).half(), torch.from_numpy(targets)]  # half: 2 bytes a value
+    log.info("pretext: %d clips drawn in %.0f s", len(pool[0]), time.perf_counter() - began)
+    for step in range(steps):
+        pick = torch.from_numpy(rng.choice(len(pool[0]), batch, replace=False))
+        clips, targets = pool[0][pick].float(), pool[1][pick]
+        out = model(clips)
+        loss = F.binary_cross_entropy_with_logits(out[:, :2], targets[:, :2]) + F.mse_loss(
+            out[:, 2], targets[:, 2] * 4
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:  # cosine from lr to 0
+            group["lr"] = float(pretrain["lr"]) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        optimizer.step()
+        if arch["patchify"] == "2d":
+            with torch.no_grad():
+                stem.copy_(stem.mean(2, keepdim=True).expand_as(stem))
+        if step % 50 == 0 or step == steps - 1:
+            log.info(
+                "pretext step %d/%d loss %.4f (%.0f s)",
+                step + 1,
+                steps,
+                loss.item(),
+                time.perf_counter() - began,
+            )
+    return model
+
+
 def write_checkpoint(spec: dict, output: str | Path) -> None:
-    """Save a randomly initialised pretrained checkpoint in the exact upstream layout of
-    `spec.format` (catmae_pretrain | videomae_pretrain), sized by `spec.arch`, atomically."""
+    """Save a tiny pretrained checkpoint in the exact upstream layout of `spec.format`
+    (catmae_pretrain | videomae_pretrain), sized by `spec.arch`, atomically: the encoder
+    from `pretrain_encoder`, the pretraining-only tensors (decoder, mask token, final norm)
+    random, as `models.upstream_state_dict` lays them out."""
     fmt = _require(spec, "format", "spec")
     if fmt not in ("catmae_pretrain", "videomae_pretrain"):
         raise ValueError(f"spec.format must be catmae_pretrain or videomae_pretrain, got {fmt!r}")
@@ -307,7 +428,19 @@ def write_checkpoint(spec: dict, output: str | Path) -> None:
 
     from k400ft.models import upstream_state_dict
 
-    checkpoint = upstream_state_dict(_require(spec, "arch", "spec"), fmt, seed=0)
+    arch = _require(spec, "arch", "spec")
+    _require(spec, "pretrain", "spec")
+    checkpoint = upstream_state_dict(arch, fmt, seed=0)
+    state = checkpoint["model"]
+    prefix = "encoder." if fmt == "videomae_pretrain" else ""
+    for key, value in pretrain_encoder(spec).state_dict().items():
+        if key.startswith(("fc_norm.", "head.")):
+            continue
+        if fmt == "catmae_pretrain" and key == "patch_embed.proj.weight":
+            value = value.sum(2)  # the 2D kernel whose inflation (w / 2 per frame) it was
+        if tuple(state[prefix + key].shape) != tuple(value.shape):
+            raise AssertionError(f"{key}: {list(value.shape)} vs {list(state[prefix + key].shape)}")
+        state[prefix + key] = value.detach().clone()
     with atomic_write(output) as handle:
         torch.save(checkpoint, handle)
-    log.info("demo checkpoint %s (%s) written to %s", fmt, spec["arch"], output)
+    log.info("demo checkpoint %s (%s) written to %s", fmt, arch, output)
