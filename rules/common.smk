@@ -101,7 +101,11 @@ def demo_pretrained(ckpt):
     arch = {key: model["arch"][key] for key in shape}
     data = {key: config["data"][key] for key in ("sampling_rate", "mean", "std")}
     pretrain = {**config["demo"]["pretrain"], "seed": config["demo"]["seed"], **data}
-    return {"format": config["checkpoints"][ckpt]["format"], "arch": arch, "pretrain": pretrain}
+    return {
+        "format": config["checkpoints"][ckpt]["format"],
+        "arch": arch,
+        "pretrain": pretrain,
+    }
 
 
 # checkpoints stage

@@ -138,7 +138,7 @@ def test_broken_entries_are_broken_the_intended_way(tree):
             whole = demo.encode_h264(
                 demo.render_clip(clip, DEMO["height"], DEMO["width"], DEMO["seed"])
             )
-            assert data == whole[: int(len(whole) * demo.TRUNCATE_AT)] and len(data) > 1000
+            assert data == whole[: int(len(whole) * demo.TRUNCATE_AT)] and len(data) > 200
         with pytest.raises((RuntimeError, decord.DECORDError)):  # what the data stage must catch
             decord.VideoReader(str(path), num_threads=1)
 
