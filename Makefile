@@ -33,7 +33,7 @@ demo: setup
 	@cat results/demo/report/table.md
 
 test: setup
-	pytest -ra tests
+	pytest -ra --durations=12 tests
 
 clean-demo:
 	rm -rf results/demo

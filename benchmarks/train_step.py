@@ -227,16 +227,27 @@ def write_video(job: tuple) -> str:
 
 
 def k400_like_csv(
-    folder: Path, count: int, frames: int, height: int, width: int, gop: int, num_classes: int
+    folder: Path,
+    count: int,
+    frames: int,
+    height: int,
+    width: int,
+    gop: int,
+    num_classes: int,
+    rows: int = 0,
 ) -> Path:
-    """A split CSV over `count` K400-like mp4 files (written in parallel, kept between runs)."""
+    """A split CSV over `count` K400-like mp4 files (written in parallel, kept between runs),
+    listing them round-robin over at least `rows` rows: the DataLoader hands each worker whole
+    batches, so an epoch of fewer than workers x batch videos leaves workers idle and
+    understates the loader (24 files, batch 12 and 10 workers: 2 busy workers)."""
     jobs = [
         (str(folder / f"{n:03d}"), frames, height, width, gop) for n in range(count)
     ]  # one file per folder
     with ProcessPoolExecutor(max_workers=min(count, os.cpu_count() or 1)) as pool:
         paths = list(pool.map(write_video, jobs))
-    csv = folder / f"train_{count}_{frames}f_{height}x{width}_g{gop}.csv"
-    video.write_split_csv(csv, [(path, n % num_classes) for n, path in enumerate(paths)])
+    total = max(rows, count)
+    csv = folder / f"train_{count}x{total}_{frames}f_{height}x{width}_g{gop}.csv"
+    video.write_split_csv(csv, [(paths[n % count], n % num_classes) for n in range(total)])
     return csv
 
 
@@ -447,14 +458,23 @@ def main() -> None:
             "torch.compile is a CUDA option here (the engine never compiles on CPU): not compiled"
         )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}")
+    models = args.model or list(cfg["models"])
     csv = None
     if not args.no_loader:
         csv = args.train_csv
         if csv is None:
             frames, height, width = (int(v) for v in args.video_shape.split("x"))
             start = time.perf_counter()
+            batches = [args.batch or cfg["models"][m]["finetune"]["batch_per_gpu"] for m in models]
             csv = k400_like_csv(
-                args.dir, args.videos, frames, height, width, 250, cfg["kinetics"]["num_classes"]
+                args.dir,
+                args.videos,
+                frames,
+                height,
+                width,
+                250,
+                cfg["kinetics"]["num_classes"],
+                rows=2 * max(batches) * max(1, args.workers),
             )
             print(
                 f"loader files: {args.videos} x {args.video_shape} H.264 in {args.dir} "
@@ -464,7 +484,7 @@ def main() -> None:
     if args.suite and args.device == "cuda":
         settings = [(False, False), (False, True), (True, False), (True, True)]
     for compile_model, channels_last in settings:  # every model at one setting before the next
-        for model_name in args.model or list(cfg["models"]):
+        for model_name in models:
             report(measure(cfg, args, model_name, compile_model, channels_last, csv), cfg, args)
             if args.device == "cuda":
                 torch.cuda.empty_cache()

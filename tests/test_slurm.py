@@ -318,9 +318,13 @@ def test_sigterm_reaches_the_trainer_which_saves_and_resumes(cluster, repo, tmp_
 
 @pytest.fixture(scope="module")
 def short_demo(tmp_path_factory) -> Path:
-    """The demo's recipe cut to 2 epochs: the same DAG and code paths, a CI-sized run."""
+    """The demo cut to 2 epochs and a 20-step pretext: the same DAG and code paths, CI-sized."""
     overlay = tmp_path_factory.mktemp("short") / "short.yaml"
-    overlay.write_text(yaml.safe_dump({"recipe": {"epochs": 2, "warmup_epochs": 1}}))
+    short = {
+        "recipe": {"epochs": 2, "warmup_epochs": 1},
+        "demo": {"pretrain": {"steps": 20, "clips": 64}},
+    }
+    overlay.write_text(yaml.safe_dump(short))
     return overlay
 
 
