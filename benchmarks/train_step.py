@@ -418,27 +418,20 @@ def main() -> None:
         action="store_true",
         help="GPU check: every model eager and compiled, channels_last_3d on/off, loader fed",
     )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="loader workers (default: data.num_workers)"
-    )
-    parser.add_argument(
-        "--loader-batches", type=int, default=10, help="batches timed for the loader alone"
-    )
-    parser.add_argument(
-        "--no-loader", action="store_true", help="skip the real-loader measurements"
-    )
-    parser.add_argument(
-        "--train-csv", type=Path, default=None, help="a split CSV for the loader (else generated)"
-    )
-    parser.add_argument(
-        "--videos", type=int, default=16, help="K400-like files to generate for the loader"
-    )
-    parser.add_argument(
-        "--video-shape", default="300x320x568", help="frames x height x width of generated files"
-    )
-    parser.add_argument(
-        "--dir", type=Path, default=Path(tempfile.gettempdir()) / "k400ft_bench_videos"
-    )
+    loader_options = {  # the real-loader measurements
+        "--workers": dict(
+            type=int, default=None, help="loader workers (default: data.num_workers)"
+        ),
+        "--loader-batches": dict(type=int, default=10, help="batches timed for the loader alone"),
+        "--no-loader": dict(action="store_true", help="skip the real-loader measurements"),
+        "--train-csv": dict(type=Path, help="a split CSV for the loader (else generated)"),
+        "--videos": dict(type=int, default=16, help="K400-like files to generate for the loader"),
+        "--video-shape": dict(default="300x320x568", help="frames x height x width of the files"),
+        "--dir": dict(type=Path, default=Path(tempfile.gettempdir()) / "k400ft_bench_videos"),
+    }
+    loader = parser.add_argument_group("real loader")
+    for flag, kwargs in loader_options.items():
+        loader.add_argument(flag, **kwargs)
     parser.add_argument(
         "--gpus", type=int, default=None, help="GPUs of the projected run (default: config launch)"
     )
