@@ -298,6 +298,18 @@ TINY_PRETRAIN = {"steps": 3, "batch": 4, "clips": 8, "lr": 1e-3, "seed": 0, "sam
 TINY_PRETRAIN |= {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
+@pytest.mark.parametrize(
+    ("change", "key"), [({"steps": None}, "spec.pretrain.steps"), ({"batch": 9}, "pretrain.batch")]
+)
+def test_cli_checkpoint_bad_pretrain_names_the_key_and_writes_nothing(tmp_path, change, key):
+    pretrain = {k: v for k, v in {**TINY_PRETRAIN, **change}.items() if v is not None}
+    arch = DEMO_CONFIG["models"]["catmae_vits16"]["arch"]
+    spec = {"format": "catmae_pretrain", "arch": arch, "pretrain": pretrain}
+    with pytest.raises(SystemExit, match=re.escape(key)):
+        run_cli("checkpoint", "--spec", json.dumps(spec), "--output", str(tmp_path / "c.pth"))
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_checkpoint_rejects_a_non_pretraining_format(tmp_path):
     spec = {
         "format": "videomae_finetuned",

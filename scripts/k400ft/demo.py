@@ -379,7 +379,14 @@ def pretrain_encoder(spec: dict):
 
     from k400ft.models import build_model
 
-    arch, pretrain = spec["arch"], spec["pretrain"]
+    arch, pretrain = _require(spec, "arch", "spec"), _require(spec, "pretrain", "spec")
+    for key in ("steps", "batch", "clips", "lr", "seed", "sampling_rate", "mean", "std"):
+        _require(pretrain, key, "spec.pretrain")
+    if int(pretrain["batch"]) > int(pretrain["clips"]):
+        raise ValueError(
+            f"config key demo.pretrain.batch ({pretrain['batch']}) exceeds demo.pretrain.clips "
+            f"({pretrain['clips']}): a batch draws distinct clips"
+        )
     torch.manual_seed(int(pretrain["seed"]))
     rng = np.random.default_rng(int(pretrain["seed"]))
     model = build_model({**arch, "drop_path": 0.0}, num_classes=len(PRETEXT_TARGETS))
@@ -429,11 +436,11 @@ def write_checkpoint(spec: dict, output: str | Path) -> None:
     from k400ft.models import upstream_state_dict
 
     arch = _require(spec, "arch", "spec")
-    _require(spec, "pretrain", "spec")
+    model = pretrain_encoder(spec)  # first: a bad spec fails before anything is written
     checkpoint = upstream_state_dict(arch, fmt, seed=0)
     state = checkpoint["model"]
     prefix = "encoder." if fmt == "videomae_pretrain" else ""
-    for key, value in pretrain_encoder(spec).state_dict().items():
+    for key, value in model.state_dict().items():
         if key.startswith(("fc_norm.", "head.")):
             continue
         if fmt == "catmae_pretrain" and key == "patch_embed.proj.weight":
