@@ -17,7 +17,7 @@ if "demo" in config:
         conda:
             "../envs/data.yaml"
         params:
-            demo=as_json(config["demo"]),
+            demo=as_json({k: v for k, v in config["demo"].items() if k != "pretrain"}),
             kinetics=as_json(config["kinetics"]),
         shell:
             "python scripts/make_demo.py videos --demo {params.demo:q} --kinetics {params.kinetics:q}"
