@@ -19,7 +19,7 @@ rule checkpoint:
         "../envs/download.yaml"
     params:
         spec=lambda wc: as_json(config["checkpoints"][wc.ckpt]),
-        lock=lambda wc: f"{RESULTS}/checkpoints/{wc.ckpt}.sha256",
+        lock=lambda wc: checkpoint_lock(wc.ckpt),
     shell:
         "python scripts/download_checkpoint.py --name {wildcards.ckpt} --spec {params.spec:q}"
         " --lock {params.lock:q} --output {output.pth:q} 2> {log:q}"

@@ -109,6 +109,11 @@ def demo_pretrained(ckpt):
 
 
 # checkpoints stage
+def checkpoint_lock(ckpt):
+    """The trust-on-first-use record of checkpoint `ckpt`'s sha256 (when none is pinned)."""
+    return f"{RESULTS}/checkpoints/{ckpt}.sha256"
+
+
 def checkpoint_source(wildcards):
     """A checkpoint given by `path` is this rule's input (so the demo can make it)."""
     spec = config["checkpoints"][wildcards.ckpt]

@@ -32,6 +32,9 @@ if "demo" in config:
             "../envs/train.yaml"
         params:
             spec=lambda wc: as_json(demo_pretrained(wc.ckpt)),
+            # a checkpoint made anew (other pretext settings) is trusted anew: the first-use
+            # sha256 record of the one it replaces goes with it
+            lock=lambda wc: checkpoint_lock(wc.ckpt),
         shell:
             "python scripts/make_demo.py checkpoint --spec {params.spec:q} --output {output:q}"
-            " 2> {log:q}"
+            " 2> {log:q} && rm -f {params.lock:q}"

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from test_workflow import job_counts, snakemake
 
+from k400ft.provenance import file_sha256
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ["--configfile", "demo/config.yaml", "--replace-workflow-config"]
 CHANCE = 100 / 8  # percent, 8 demo classes
@@ -130,3 +132,24 @@ def test_demo_pretext_settings_rerun_checkpoints_not_videos(demo_repo):
     counts = job_counts(dry_run_with(demo_repo, "demo: {pretrain: {steps: 5}}"))
     assert "demo_videos" not in counts and "splits" not in counts, counts
     assert counts["demo_checkpoint"] == 2 and counts["finetune"] == 2, counts
+
+
+def test_remade_demo_checkpoints_pass_verification(demo_repo):
+    """Other pretext settings make other checkpoint bytes; the checkpoint stage must take
+    them (its trust-on-first-use record of the old ones goes), not refuse a 'replaced file'.
+    Last in this module: it changes the demo's checkpoints."""
+    (demo_repo / "overlay.yaml").write_text("demo: {pretrain: {steps: 2, clips: 32}}")
+    targets = [f"results/demo/checkpoints/{c}.pth" for c in CHECKPOINTS]
+    snakemake(
+        *("--configfile", "demo/config.yaml", "overlay.yaml", "--replace-workflow-config"),
+        *("--cores", "2", *targets),
+        cwd=demo_repo,
+        timeout=300,
+    )
+    for name in CHECKPOINTS:
+        made = demo_repo / f"results/demo/pretrained/{name}.pth"
+        lock = demo_repo / f"results/demo/checkpoints/{name}.sha256"
+        assert json.loads(lock.read_text())["sha256"] == file_sha256(made), name
+
+
+CHECKPOINTS = ("catmae_vits16_pt300", "videomae_vits16_pt1600")
