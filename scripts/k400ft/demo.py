@@ -210,8 +210,12 @@ def render_clip(
     The squares wrap around the frame edges (a torus), so they never leave the frame.
     Deterministic from (seed, clip.index).
     """
-    scene = draw_scene(clip, height, width, seed)
     times = range(clip.num_frames) if times is None else times
+    return render_scene(draw_scene(clip, height, width, seed), height, width, times)
+
+
+def render_scene(scene: Scene, height: int, width: int, times: Sequence[int]) -> np.ndarray:
+    """The frames [len(times), H, W, 3] uint8 of `scene` at frame indices `times`."""
     frames = np.full((len(times), height, width, 3), BACKGROUND, dtype=np.uint8)
     offsets = np.arange(scene.side)
     for i, t in enumerate(times):
@@ -355,9 +359,9 @@ def pretext_batch(
     clips, targets = [], []
     for label in rng.choice(names, count):
         clip = Clip(int(rng.integers(2**31)), str(label), "", 0, "train", frames * rate)
-        video = render_clip(clip, size, size, int(pretrain["seed"]), range(0, frames * rate, rate))
-        clips.append(((video - mean) / std).transpose(3, 0, 1, 2))  # [3, T, H, W]
         scene = draw_scene(clip, size, size, seed=int(pretrain["seed"]))
+        video = render_scene(scene, size, size, range(0, frames * rate, rate))
+        clips.append(((video - mean) / std).transpose(3, 0, 1, 2))  # [3, T, H, W]
         speed = np.linalg.norm(scene.velocity) / size / fastest
         targets.append((clip.label.startswith("red"), scene.blink_period > 0, speed))
     return np.stack(clips).astype(np.float32), np.array(targets, dtype=np.float32)
