@@ -1,5 +1,6 @@
 """k400ft.splits and scripts/make_splits.py on tiny Kinetics-shaped trees of real mp4 files."""
 
+import codecs
 import csv
 import json
 import os
@@ -182,6 +183,26 @@ def test_bad_annotation_csv_names_file_and_line(tmp_path, sources):
     path.write_text("label,youtube,start\n")
     with pytest.raises(S.SplitError, match=r"lacks \['youtube_id', 'time_start', 'time_end'\]"):
         S.make_splits(_kinetics(root), tmp_path / "c", 1, tmp_path / "o")
+
+
+def test_annotation_csvs_with_a_byte_order_mark_read_the_same(tmp_path, sources):
+    """Spreadsheet tools save CSVs with a UTF-8 BOM; before, it glued itself to 'label'."""
+    plain = annotations_tree(tmp_path / "plain", sources)
+    marked = annotations_tree(tmp_path / "marked", sources)
+    for name in ("train.csv", "validate.csv"):
+        path = marked / "annotations" / name
+        path.write_bytes(codecs.BOM_UTF8 + path.read_bytes())
+    expected = S.make_splits(_kinetics(plain), tmp_path / "c1", 1, tmp_path / "o1")
+    summary = S.make_splits(_kinetics(marked), tmp_path / "c2", 1, tmp_path / "o2")
+    assert summary["splits"] == expected["splits"]
+    names = [os.path.basename(p) for p, _ in read_split_csv(tmp_path / "o2/train.csv")]
+    assert names == [os.path.basename(p) for p, _ in read_split_csv(tmp_path / "o1/train.csv")]
+
+
+def test_a_split_csv_with_a_byte_order_mark_reads_the_same(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(codecs.BOM_UTF8 + b"/data/a b.mp4 3\n/data/c.mp4 0\n")
+    assert read_split_csv(path) == [("/data/a b.mp4", 3), ("/data/c.mp4", 0)]
 
 
 def test_num_classes_mismatch_writes_nothing(tmp_path, sources):

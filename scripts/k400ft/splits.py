@@ -145,7 +145,9 @@ def _read_annotations(path: Path, key: str) -> list[tuple[int, str, str]]:
             "<split>/<class>/*.mp4 trees set kinetics.layout: class_folders"
         )
     rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (what spreadsheet tools write) is skipped, not read into
+    # the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
         lacking = [c for c in ANNOTATION_COLUMNS if c not in columns]
