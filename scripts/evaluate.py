@@ -8,14 +8,18 @@ Always started by torchrun, one process per GPU (or CPU process):
 
 --spec: {"arch": {...}, "data": {...}, "evaluate": {"num_segments", "num_crops", "batch_views"},
 "num_classes": 400, "weights_format": "ours" | "videomae_finetuned"}. Writes logits.npz and
-metrics.json into --out-dir (rank 0, atomically).
+metrics.json into --out-dir (rank 0, atomically). Exit codes: 0 done; 2 a refused test CSV (the
+message names the file and line); other non-zero: a failure.
 """
 
 from __future__ import annotations
 
+import sys
+
 from k400ft.distributed import stage_parser, stage_spec
 from k400ft.evaluate import evaluate
 from k400ft.io import setup_logging
+from k400ft.video import SplitCSVError
 
 
 def main() -> None:
@@ -24,7 +28,11 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="fine-tuned weights (.pt / .pth)")
     args = parser.parse_args()
     setup_logging()
-    evaluate(stage_spec(args), args.device, args.test, args.weights, args.out_dir)
+    try:
+        evaluate(stage_spec(args), args.device, args.test, args.weights, args.out_dir)
+    except SplitCSVError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

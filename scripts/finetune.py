@@ -13,8 +13,11 @@ Always started by torchrun, one process per GPU (or CPU process):
 Resumes by itself from --state-dir. Writes final.pt, train_log.jsonl and spec.json into --out-dir
 (rank 0, atomically) only when the last epoch is done. Exit codes: 0 done; 75 (EX_TEMPFAIL)
 stopped by SIGTERM / SIGUSR1 after saving its state: run it again (Snakemake --retries, SLURM
-requeue) and it resumes; 2 a refused spec (e.g. a global batch that does not split); other
-non-zero: a failure.
+requeue) and it resumes; 2 a refused spec or split CSV (e.g. a global batch that does not split,
+a label outside the classes: the message names the key, or the file and line); 73 the state dir
+is held by another trainer (the message names its host and pid); other non-zero: a failure.
+Under torchrun, any non-zero exit of a trainer makes torchrun itself exit 1: the code above is in
+the log ("exitcode: 75"), the job's exit status is 1.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from __future__ import annotations
 import sys
 
 from k400ft.distributed import stage_parser, stage_spec
-from k400ft.finetune import SpecError, finetune
+from k400ft.finetune import EXIT_LOCKED, SpecError, finetune
 from k400ft.io import setup_logging
+from k400ft.state import StateLocked
+from k400ft.video import SplitCSVError
 
 
 def main() -> None:
@@ -39,9 +44,12 @@ def main() -> None:
         code = finetune(
             spec, args.device, args.train, args.val, args.pretrained, args.state_dir, args.out_dir
         )
-    except SpecError as err:
+    except (SpecError, SplitCSVError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
+    except StateLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = EXIT_LOCKED
     sys.exit(code)
 
 

@@ -5,8 +5,8 @@ restart, must reach bit-identical weights and metrics to an uninterrupted run (o
 and 2 gloo processes through torchrun)."""
 
 import contextlib
+import io
 import json
-import logging
 import math
 import multiprocessing
 import os
@@ -303,59 +303,6 @@ def test_topk_correct_counts():
     assert ft.topk_correct(logits, torch.tensor([1, 2, 0]), (1, 2, 5)) == [1, 2, 3]
 
 
-# ---------------------------------------------------------------- state files
-
-
-def test_state_file_round_trip_and_corruption(tmp_path):
-    state = {
-        "model": {"w": torch.randn(3, 4)},
-        "progress": {"epoch": 2, "global_step": 9},
-        "ranks": [ft.rng_state(torch.device("cpu"))],
-    }
-    path = tmp_path / "s.pt"
-    path.write_bytes(ft.pack_state(state))
-    back = ft.unpack_state(path)
-    assert torch.equal(back["model"]["w"], state["model"]["w"])
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        ft.unpack_state(path)
-    flipped = bytearray(data)
-    flipped[-100] ^= 1
-    path.write_bytes(bytes(flipped))
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        ft.unpack_state(path)
-
-
-def test_truncated_last_falls_back_to_previous_loudly(tmp_path, caplog):
-    store = ft.StateStore(tmp_path)
-    for step in (1, 2):
-        store.save({"progress": {"epoch": 0, "global_step": step}})
-    assert ft.StateStore(tmp_path).load()["progress"]["global_step"] == 2
-    last = tmp_path / "last.pt"
-    last.write_bytes(last.read_bytes()[:-10])
-    store = ft.StateStore(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="k400ft.finetune"):
-        state = store.load()
-    assert state["progress"]["global_step"] == 1
-    assert "last.pt is unusable" in caplog.text and "PREVIOUS state" in caplog.text
-    store.save(
-        {"progress": {"epoch": 0, "global_step": 3}}
-    )  # the bad `last` must not become `prev`
-    assert ft.unpack_state(tmp_path / "prev.pt")["progress"]["global_step"] == 1
-    assert ft.StateStore(tmp_path).load()["progress"]["global_step"] == 3
-
-
-def test_rng_state_survives_the_state_file(tmp_path):
-    device = torch.device("cpu")
-    path = tmp_path / "s.pt"
-    path.write_bytes(ft.pack_state({"rng": ft.rng_state(device)}))  # weights_only-loadable
-    expected = (random.random(), np.random.rand(), np.random.normal(), torch.rand(1).item())
-    random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    ft.set_rng_state(ft.unpack_state(path)["rng"], device)
-    assert (random.random(), np.random.rand(), np.random.normal(), torch.rand(1).item()) == expected
-
-
 # ---------------------------------------------------------------- data order
 
 
@@ -501,11 +448,16 @@ def cli_args(root: Path, spec: dict, name: str) -> list[str]:
     ]  # fmt: skip
 
 
-def torchrun(root: Path, spec: dict, name: str) -> subprocess.Popen:
-    """The CLI through torchrun with 2 gloo processes."""
+def torchrun(root: Path, spec: dict, name: str, threads: int = 1) -> subprocess.Popen:
+    """The CLI through torchrun with 2 gloo processes (threads 4: a loader worker each)."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     return subprocess.Popen(
-        [*launch, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, name)],
+        [
+            *launch,
+            str(ROOT / "scripts/finetune.py"),
+            *cli_args(root, spec, name),
+            f"--threads={threads}",
+        ],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -541,6 +493,23 @@ def signal_at_step(root: Path, name: str, pids: list[int], after_steps: int, sig
     for pid in targets:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+
+
+def alive(pids, wait: float = 0.0) -> list[int]:
+    """The pids of `pids` still running (zombies count as gone) after up to `wait` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        running = []
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                running.append(pid)
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.1)
 
 
 def outcome(out_dir: Path):
@@ -624,12 +593,19 @@ def test_sigkill_and_sigterm_at_random_steps_then_resume_is_bit_identical(tiny, 
     assert_same_run(reference, outcome(root / "kill/out"))
 
 
-def test_two_processes_killed_then_resumed_through_torchrun_is_bit_identical(tiny):
+@pytest.fixture(scope="module")
+def ddp_reference(tiny):
+    """An uninterrupted run of two gloo processes."""
     root, spec = tiny
     assert finish(fork_run(root, spec, "ddp_ref", world_size=2)) == [0, 0], rank0_log(
         root, "ddp_ref"
     )[-5000:]
-    reference = outcome(root / "ddp_ref/out")
+    return outcome(root / "ddp_ref/out")
+
+
+def test_two_processes_killed_then_resumed_through_torchrun_is_bit_identical(tiny, ddp_reference):
+    root, spec = tiny
+    reference = ddp_reference
     ranks = fork_run(root, spec, "ddp", world_size=2)
     signal_at_step(
         root,
@@ -685,3 +661,83 @@ def test_cost_projection():
     )
     assert with_val.wall_hours == pytest.approx(p.wall_hours + 150 * 198 / 3600)
     assert "750000 optimiser steps" in p.describe() and "GPU-hours" in p.describe()
+
+
+def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_reference):
+    """torchrun starts each trainer in a session of its own: without the parent-death signal a
+    kill -9 of torchrun left them training, and the re-run trained beside them."""
+    root, spec = tiny
+    run = torchrun(root, spec, "orphans", threads=4)
+    deadline = time.monotonic() + 120
+    while step_lines(root / "orphans/state") < 1:
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-3000:]
+        time.sleep(0.01)
+    tree = process_tree(run.pid)
+    assert len(tree) >= 5  # torchrun, 2 trainers, and a loader worker each
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert alive(set(tree) - {run.pid}, wait=10) == []
+    rerun = torchrun(root, spec, "orphans")  # resumes alone: no step twice in the log
+    _, stderr = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, stderr[-5000:]
+    assert_same_run(ddp_reference, outcome(root / "orphans/out"))
+
+
+def test_a_second_trainer_on_a_state_dir_in_use_refuses_and_the_first_is_unharmed(
+    tiny, reference, monkeypatch
+):
+    root, spec = tiny
+    go = root / "second_done"
+    check_stop = ft.Finetune.check_stop
+
+    def paused(self):  # the first trainer waits at its first step boundary for the second
+        deadline = time.monotonic() + 120
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check_stop(self)
+
+    monkeypatch.setattr(ft.Finetune, "check_stop", paused)  # in the fork only
+    first = fork_run(root, spec, "shared")
+    monkeypatch.undo()
+    deadline = time.monotonic() + 120
+    while step_lines(root / "shared/state") < 1:
+        assert time.monotonic() < deadline and first[0].is_alive()
+        time.sleep(0.01)
+    second = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, "shared")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    go.touch()
+    assert second.returncode == ft.EXIT_LOCKED, second.stderr[-3000:]
+    assert f"in use by another trainer (host {socket.gethostname()} pid {first[0].pid}" in (
+        second.stderr
+    )
+    assert finish(first) == [0], rank0_log(root, "shared")[-3000:]
+    assert_same_run(reference, outcome(root / "shared/out"))
+    assert (root / "shared/state/trainer.lock").read_text() == ""  # released at the end
+
+
+def test_a_kill_inside_finish_leaves_no_declared_output_and_the_rerun_completes(
+    tiny, reference, monkeypatch
+):
+    root, spec = tiny
+    save = torch.save
+
+    def killed_while_writing_final(obj, target, *args, **kwargs):
+        if not isinstance(target, io.BytesIO):  # final.pt (state files are packed in memory)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", killed_while_writing_final)  # in the fork only
+    ranks = fork_run(root, spec, "finish_kill")
+    monkeypatch.undo()
+    assert finish(ranks) == [-signal.SIGKILL]
+    left = [p.name for p in (root / "finish_kill/out").iterdir() if not p.name.startswith(".")]
+    assert left == []  # temp files only: no final.pt, and no spec.json or log beside nothing
+    assert finish(fork_run(root, spec, "finish_kill")) == [0]
+    assert sorted(p.name for p in (root / "finish_kill/out").iterdir()) == sorted(ft.OUTPUTS)
+    assert_same_run(reference, outcome(root / "finish_kill/out"))

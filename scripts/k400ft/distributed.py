@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from k400ft.io import load_json_arg
+from k400ft.io import die_with_parent, load_json_arg
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective that waits longer is a hung rank
 
@@ -53,11 +53,16 @@ def init(device: str | None = None) -> DistInfo:
     """Join the torchrun job (or stay one process), pick this rank's device.
 
     device: "cuda" | "cpu" | None (cuda when available). On CUDA each process uses GPU
-    LOCAL_RANK and the NCCL backend; on CPU the gloo backend.
+    LOCAL_RANK and the NCCL backend; on CPU the gloo backend. A process started by torchrun
+    gets SIGKILL when torchrun dies (`io.die_with_parent`): torchrun puts each in a session
+    of its own, so a kill -9 of torchrun would otherwise leave it running, re-parented to
+    init, writing beside the run that replaces it.
     """
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: die with it (kill -9 too)
+        die_with_parent()
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     world_size = _env_int("WORLD_SIZE", 1)

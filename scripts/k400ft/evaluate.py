@@ -33,7 +33,7 @@ from torch.utils.data.distributed import DistributedSampler
 from k400ft import distributed, metrics, provenance
 from k400ft.io import atomic_write
 from k400ft.models import build_model, load_weights
-from k400ft.video import TestDataset, describe_error, make_loader, test_collate
+from k400ft.video import TestDataset, close_loaders, describe_error, make_loader, test_collate
 
 log = logging.getLogger("k400ft.evaluate")
 
@@ -243,6 +243,7 @@ def evaluate(spec: dict, device: str, test_csv: str, weights: str, out_dir: str)
     weights_format: 'ours' | 'videomae_finetuned'} (rules/evaluate.smk)."""
     start = time.perf_counter()
     info = distributed.init(device)
+    loader = None
     try:
         settings = spec["evaluate"]
         num_segments, num_crops = settings["num_segments"], settings["num_crops"]
@@ -250,7 +251,9 @@ def evaluate(spec: dict, device: str, test_csv: str, weights: str, out_dir: str)
         load_weights(model, weights, spec["weights_format"])
         model.to(info.device).eval()
 
-        dataset = TestDataset(test_csv, spec["data"], num_segments, num_crops)
+        dataset = TestDataset(
+            test_csv, spec["data"], num_segments, num_crops, num_classes=spec["num_classes"]
+        )
         paths = [dataset.path(index) for index in range(len(dataset))]
         sampler = DistributedSampler(
             dataset, num_replicas=info.world_size, rank=info.rank, shuffle=False, drop_last=False
@@ -311,5 +314,7 @@ def evaluate(spec: dict, device: str, test_csv: str, weights: str, out_dir: str)
             )
         distributed.barrier()  # no rank leaves before the outputs exist
         return result
-    finally:
+    finally:  # on every way out: workers shut down, so an error ends the process at once
+        if loader is not None:
+            close_loaders(loader)
         distributed.cleanup()

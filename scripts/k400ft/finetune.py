@@ -34,6 +34,13 @@ too, and the log is cut back to its length at the save, so the log of a resumed 
 uninterrupted one. A kill between two saves costs the steps since the last save (at most
 checkpoint_minutes, or one epoch).
 
+Failures and ownership: any exception ends the run at once: `run()` shuts the loaders' workers
+down on every way out (`video.close_loaders`), so the process exits with the error last in its
+log instead of waiting for ever on workers that ignore SIGTERM. The state dir belongs to one
+trainer for the whole run: rank 0 holds its lock (`state.StateLock`) and a second trainer refuses
+(EXIT_LOCKED = 73) naming the holder. The resume state itself (files, random streams, the lock)
+is `k400ft.state`.
+
 Observability (rank 0): per-step JSONL lines (mean loss, lr, clips/s, data-wait share, GPU
 memory) every `log_every` steps, an epoch line (train loss, val top-1/top-5, times), both in
 `<state-dir>/train_log.jsonl` during training; TensorBoard scalars in `<state-dir>/tensorboard`;
@@ -50,8 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import io
 import json
 import logging
 import math
@@ -77,17 +82,18 @@ from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from k400ft import distributed, models, provenance, video
+from k400ft import distributed, models, provenance, state, video
 from k400ft.io import atomic_write
 
 log = logging.getLogger("k400ft.finetune")
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL (sysexits.h): saved on a signal, run me again to resume
+EXIT_LOCKED = 73  # EX_CANTCREAT: another trainer holds the state dir
 LR_REFERENCE_BATCH = 256  # lr = base_lr x global_batch / 256 (upstream's linear scaling rule)
-STATE_MAGIC = b"k400ft-state-v1\n"  # a state file: magic, sha256 hex of the payload, "\n", payload
 LOG_LINES_PER_EPOCH = 100  # step lines are means over steps_per_epoch // 100 steps (at least 1)
 PROJECT_AFTER_STEPS = 20  # log the cost projection after this many steps (or the first epoch)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+OUTPUTS = ("final.pt", "train_log.jsonl", "spec.json")  # the out dir's files, written as a set
 
 
 class SpecError(ValueError):
@@ -291,141 +297,6 @@ def project_cost(
 
 
 # ----------------------------------------------------------------------------------------------
-# Resume state on disk
-
-
-def pack_state(state: dict) -> bytes:
-    """torch.save `state` behind a header carrying the payload's sha256."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
-    return STATE_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
-
-
-def unpack_state(path: Path) -> dict:
-    """Read a file written by `pack_state`; ValueError when it is truncated or corrupt."""
-    data = path.read_bytes()
-    head = len(STATE_MAGIC) + 65
-    if not data.startswith(STATE_MAGIC) or len(data) < head:
-        raise ValueError(f"{path}: not a k400ft state file (or truncated in its header)")
-    digest, payload = data[len(STATE_MAGIC) : head - 1].decode("ascii", "replace"), data[head:]
-    actual = hashlib.sha256(payload).hexdigest()
-    if actual != digest:
-        raise ValueError(
-            f"{path}: checksum mismatch ({len(payload)} payload bytes, sha256 {actual[:12]}..., "
-            f"header says {digest[:12]}...): truncated or corrupt"
-        )
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-
-
-class StateStore:
-    """`last.pt` and the previous good one, `prev.pt`, in the state dir.
-
-    save(): the verified `last` becomes `prev`, then the new state is written atomically as
-    `last`. load(): `last` if it verifies, else `prev` with a loud warning, else None."""
-
-    def __init__(self, state_dir: Path):
-        self.last = state_dir / "last.pt"
-        self.prev = state_dir / "prev.pt"
-        self.last_is_good = False  # only a verified `last` may replace `prev`
-
-    def load(self, writer: bool = True) -> dict | None:
-        """writer: this process owns the files (rank 0): it removes what a killed save left."""
-        for tmp in self.last.parent.glob(f".{self.last.name}.*.tmp") if writer else ():
-            log.warning("removing %s, left by a save that did not finish", tmp)
-            tmp.unlink()
-        for path in (self.last, self.prev):
-            if not path.exists():
-                if path is self.last and self.prev.exists():
-                    log.warning(
-                        "RESUME: %s is missing but %s exists: using the previous state",
-                        self.last,
-                        self.prev,
-                    )
-                continue
-            try:
-                state = unpack_state(path)
-            except Exception as err:  # noqa: BLE001 - any unreadable state falls back loudly
-                log.error(
-                    "RESUME: %s is unusable (%s)%s",
-                    path,
-                    err,
-                    f"; falling back to {self.prev}" if path is self.last else "",
-                )
-                continue
-            self.last_is_good = path is self.last
-            if path is self.prev:
-                log.warning(
-                    "RESUME: resuming from the PREVIOUS state %s (epoch %d, step %d): the "
-                    "steps after it are redone",
-                    path,
-                    state["progress"]["epoch"],
-                    state["progress"]["global_step"],
-                )
-            return state
-        return None
-
-    def save(self, state: dict) -> int:
-        """Write `state`; returns its size in bytes."""
-        blob = pack_state(state)
-        if self.last_is_good and self.last.exists():
-            os.replace(self.last, self.prev)
-        with atomic_write(self.last, "wb") as handle:
-            handle.write(blob)
-        self.last_is_good = True
-        return len(blob)
-
-    def set_aside(self, reason: str) -> None:
-        """Move an incompatible state out of the way (kept, never deleted)."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for path in (self.last, self.prev):
-            if path.exists():
-                target = path.with_name(f"{path.name}.stale-{stamp}")
-                os.replace(path, target)
-                log.warning(
-                    "state %s %s: moved to %s and starting from scratch", path, reason, target
-                )
-        self.last_is_good = False
-
-
-def rng_state(device: torch.device) -> dict:
-    """This process's random streams (python, numpy, torch CPU, CUDA), weights_only-loadable."""
-    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_gauss),
-            "cached": float(np_cached),
-            "kind": np_kind,
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["kind"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# ----------------------------------------------------------------------------------------------
 # Data order
 
 
@@ -602,11 +473,12 @@ class Finetune:
             torch.backends.cudnn.benchmark = True
 
         # augmentation draws are a function of (recipe seed, epoch, video index) (video.item_rngs)
+        seed, classes = self.recipe["seed"], spec["num_classes"]
         self.train_set = video.TrainDataset(
-            train_csv, self.data_cfg, "train", seed=self.recipe["seed"]
+            train_csv, self.data_cfg, "train", seed=seed, num_classes=classes
         )
         self.val_set = video.TrainDataset(
-            val_csv, self.data_cfg, "validation", seed=self.recipe["seed"]
+            val_csv, self.data_cfg, "validation", seed=seed, num_classes=classes
         )
         self.plan = make_plan(
             spec, info.world_size, len(self.train_set), len(self.val_set), self.device
@@ -650,7 +522,8 @@ class Finetune:
         self.val_loader = self._loader(
             self.val_set, ShardSampler(len(self.val_set), info.world_size, info.rank), stream=1
         )
-        self.store = StateStore(self.state_dir)
+        self.store = state.StateStore(self.state_dir)
+        self.lock = state.StateLock(self.state_dir)
         self.progress = Progress()
         self.stop_signal: int | None = None
         self.projected = False  # the cost projection is logged once per process
@@ -663,26 +536,26 @@ class Finetune:
 
     def resume(self) -> None:
         """Load the state (if any) into model, optimiser, scaler, progress and RNG streams."""
-        state = self.store.load(writer=self.info.is_primary)
+        saved = self.store.load(writer=self.info.is_primary)
         distributed.barrier()  # every rank has read the state before rank 0 may move it
-        if state is not None and state["identity"] != self.identity:
+        if saved is not None and saved["identity"] != self.identity:
             if self.info.is_primary:  # every rank read it and decides the same; one moves it
                 self.store.set_aside("was written for another spec or other inputs")
-            state = None
-        if state is None:
+            saved = None
+        if saved is None:
             if self.info.is_primary and self.log_path.exists():
                 os.replace(
                     self.log_path,
                     self.log_path.with_name(f"train_log.jsonl.old-{int(time.time())}"),
                 )
             return
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(**state["progress"])
-        ranks = state["ranks"]
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.progress = Progress(**saved["progress"])
+        ranks = saved["ranks"]
         if len(ranks) == self.info.world_size:
-            set_rng_state(ranks[self.info.rank]["rng"], self.device)
+            state.set_rng_state(ranks[self.info.rank]["rng"], self.device)
             self.progress.loss_sum = ranks[self.info.rank]["loss_sum"]
         else:
             log.warning(
@@ -737,7 +610,7 @@ class Finetune:
 
     def save(self, reason: str) -> None:
         """Every rank calls this at the same point; rank 0 writes the state."""
-        mine = {"rng": rng_state(self.device), "loss_sum": self.progress.loss_sum}
+        mine = {"rng": state.rng_state(self.device), "loss_sum": self.progress.loss_sum}
         ranks = distributed.all_gather_object(mine)
         if self.info.is_primary:
             self.progress.log_bytes = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -967,9 +840,36 @@ class Finetune:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> int:
+        """Lock the state dir, train (resuming), write the outputs; returns the exit code.
+
+        On every way out, an exception on this rank included, the loaders' workers are shut
+        down (`video.close_loaders`) and the lock released, so the process ends at once with
+        the error last in its log; torchrun then ends the other ranks."""
+        try:
+            self.lock_state_dir()
+            return self.loop()
+        finally:
+            video.close_loaders(self.train_loader, self.val_loader)
+            self.lock.release()
+
+    def lock_state_dir(self) -> None:
+        """Rank 0 takes the state dir's lock (`state.StateLock`); when another trainer holds
+        it, every rank raises StateLocked with rank 0's message."""
+        refusal = None
+        if self.info.is_primary:
+            try:
+                self.lock.acquire()
+            except state.StateLocked as err:
+                refusal = str(err)
+        refusal = distributed.all_gather_object(refusal)[0]
+        if refusal is not None:
+            raise state.StateLocked(refusal)
+
+    def loop(self) -> int:
         plan = self.plan
         if self.info.is_primary:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.remove_partial_outputs()
             with atomic_write(self.state_dir / "spec.json", "w") as handle:
                 json.dump(self.resolved(), handle, indent=2)
         distributed.barrier()
@@ -1066,10 +966,18 @@ class Finetune:
             "torch": torch.__version__,
         }
 
+    def remove_partial_outputs(self) -> None:
+        """Outputs of an earlier finish of this run (all of them, or a part that a kill inside
+        `finish` left) are removed before training: they are written anew at the end."""
+        for path in [self.out_dir / name for name in OUTPUTS] + list(self.out_dir.glob(".*.tmp")):
+            if path.exists():
+                log.info("removing %s, from an earlier finish (written anew at the end)", path)
+                path.unlink()
+
     def finish(self, last_epoch: dict) -> None:
-        """Write the declared outputs (rank 0, atomically): final.pt, train_log.jsonl, spec.json."""
+        """Write the declared outputs (rank 0) as a set: each to a temp file, then all renamed
+        into place, final.pt last, so final.pt exists only beside the other two."""
         if self.info.is_primary:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             final = {
                 "model": self.net.state_dict(),
                 "arch": self.spec["arch"],
@@ -1080,18 +988,20 @@ class Finetune:
                 "val_top5": last_epoch["val_top5"],
                 "spec": json.dumps(self.spec, sort_keys=True),
             }
-            with atomic_write(self.out_dir / "spec.json", "w") as handle:
-                json.dump(self.resolved(), handle, indent=2)
+            weights_path, log_path, spec_path = (self.out_dir / name for name in OUTPUTS)
+            # the contexts exit (rename) in reverse order: spec.json, train_log.jsonl, final.pt
             with (
-                atomic_write(self.out_dir / "train_log.jsonl", "wb") as handle,
+                atomic_write(weights_path, "wb") as weights,
+                atomic_write(log_path, "wb") as log_copy,
+                atomic_write(spec_path, "w") as spec_file,
                 open(self.log_path, "rb") as src,
             ):
-                shutil.copyfileobj(src, handle)
-            with atomic_write(self.out_dir / "final.pt", "wb") as handle:
-                torch.save(final, handle)
+                json.dump(self.resolved(), spec_file, indent=2)
+                shutil.copyfileobj(src, log_copy)
+                torch.save(final, weights)
             log.info(
                 "done: %s (val top-1 %.2f%%, top-5 %.2f%%)",
-                self.out_dir / "final.pt",
+                weights_path,
                 last_epoch["val_top1"],
                 last_epoch["val_top5"],
             )

@@ -1,11 +1,13 @@
-"""Small helpers every stage shares: atomic outputs, logging, JSON arguments."""
+"""Small helpers every stage shares: atomic outputs, logging, JSON arguments, process ties."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -71,3 +73,26 @@ def load_json_arg(text: str, what: str) -> dict:
     if not isinstance(value, dict):
         raise SystemExit(f"error: {what} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Have the kernel send `sig` to this process when its parent dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing is set and False is returned).
+
+    For processes whose parent must not leave them behind: a trainer under torchrun (torchrun
+    starts each in a session of its own, so a kill -9 of torchrun would re-parent it to init
+    and leave it writing beside a restart) and a DataLoader worker under its trainer. Asked
+    for once the parent may already be gone: a process found re-parented to init (ppid 1)
+    sends itself `sig` at once."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if os.getppid() == 1:
+        os.kill(os.getpid(), sig)
+    return True

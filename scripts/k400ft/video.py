@@ -30,9 +30,11 @@ video once per view). decord runs with one thread per DataLoader worker.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import math
+import multiprocessing
 import random
 import re
 import signal
@@ -47,7 +49,7 @@ from decord import VideoReader, cpu
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from k400ft.io import atomic_write
+from k400ft.io import atomic_write, die_with_parent
 
 LOG = logging.getLogger("k400ft.video")
 
@@ -94,25 +96,39 @@ def write_split_csv(path: str | Path, rows: Iterable[tuple[str, int]]) -> None:
         handle.writelines(lines)
 
 
-def read_split_csv(path: str | Path) -> list[tuple[str, int]]:
+class SplitCSVError(ValueError):
+    """A split CSV line that cannot be used (the message names the file and line)."""
+
+
+def read_split_csv(path: str | Path, num_classes: int | None = None) -> list[tuple[str, int]]:
     """Read a split CSV: `<path><whitespace><label>` per line, split on the LAST whitespace run.
 
     So upstream's one-space lines, the seed docs' two-space example and paths containing
-    spaces all parse. Blank lines are skipped; a line without a path and a non-negative
-    integer label raises ValueError naming the file and line number.
+    spaces all parse; a UTF-8 byte-order mark (what spreadsheet tools write) is skipped. Blank
+    lines are skipped; a line without a path and a non-negative integer label, or (when
+    `num_classes` is given) with a label outside 0..num_classes-1, raises SplitCSVError naming
+    the file and line number.
     """
     rows = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
             line = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
             if not line.strip():
                 continue
             parts = line.rsplit(None, 1)
             if len(parts) != 2 or not parts[0].strip() or not _LABEL.fullmatch(parts[1]):
-                raise ValueError(
+                raise SplitCSVError(
                     f"{path}:{number}: expected '<video path> <integer label>', got {line[:200]!r}"
                 )
-            rows.append((parts[0].strip(), int(parts[1])))
+            label = int(parts[1])
+            if num_classes is not None and label >= num_classes:
+                raise SplitCSVError(
+                    f"{path}:{number}: label {label} is outside 0..{num_classes - 1} "
+                    f"(num_classes {num_classes})"
+                )
+            rows.append((parts[0].strip(), label))
     return rows
 
 
@@ -443,10 +459,14 @@ def item_rngs(seed: int, epoch: int, index: int) -> Iterator[np.random.Generator
 # --------------------------------------------------------------------------------------------
 class _SplitVideos(Dataset):
     """Paths and labels of a split CSV, held in two numpy arrays (UTF-8 bytes and int64: no
-    per-row Python objects for forked workers to copy on access)."""
+    per-row Python objects for forked workers to copy on access). With `num_classes`, every
+    label is checked at once (SplitCSVError naming the file and line), before any worker
+    starts."""
 
-    def __init__(self, csv_path: str | Path, data_cfg: dict[str, Any]):
-        rows = read_split_csv(csv_path)
+    def __init__(
+        self, csv_path: str | Path, data_cfg: dict[str, Any], num_classes: int | None = None
+    ):
+        rows = read_split_csv(csv_path, num_classes)
         if not rows:
             raise ValueError(f"{csv_path}: no videos")
         self.csv_path = str(csv_path)
@@ -483,10 +503,11 @@ class TrainDataset(_SplitVideos):
         mode: str = "train",
         seed: int = 0,
         max_attempts: int = 10,
+        num_classes: int | None = None,
     ):
         if mode not in ("train", "validation"):
             raise ValueError(f"mode must be 'train' or 'validation', got {mode!r}")
-        super().__init__(csv_path, data_cfg)
+        super().__init__(csv_path, data_cfg, num_classes)
         self.mode = mode
         self.seed = int(seed)
         self.max_attempts = max(1, int(max_attempts))
@@ -562,8 +583,9 @@ class TestDataset(_SplitVideos):
         num_segments: int,
         num_crops: int,
         normalized: bool = True,
+        num_classes: int | None = None,
     ):
-        super().__init__(csv_path, data_cfg)
+        super().__init__(csv_path, data_cfg, num_classes)
         self.num_segments = int(num_segments)
         self.num_crops = int(num_crops)
         self.dtype = torch.float32 if normalized else torch.uint8
@@ -668,10 +690,13 @@ def worker_init_fn(worker_id: int) -> None:
 
     Workers ignore SIGTERM and SIGUSR1: SLURM signals every process of a job step before the
     time limit, and a worker dying on it would crash the trainer before it can save `last`;
-    stopping is the trainer's decision, and the DataLoader still shuts its workers down.
+    stopping is the trainer's decision (`close_loaders` shuts the workers down on every way
+    out). And a worker dies with its trainer (SIGKILL on the parent's death, `die_with_parent`):
+    one that outlived it would hold its share of memory and keep decoding for nobody.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    die_with_parent()
     seed = torch.initial_seed()
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
@@ -724,3 +749,23 @@ def make_loader(
         prefetch_factor=prefetch_factor if workers else None,
         generator=generator,
     )
+
+
+def close_loaders(*loaders: DataLoader) -> None:
+    """Shut down the persistent workers of `loaders` now, and kill any worker left.
+
+    On every way out of a stage, an exception included: a worker ignores SIGTERM
+    (`worker_init_fn`), so without this, multiprocessing's exit handler, which terminates
+    (SIGTERM) then joins the workers of a process that is exiting, would wait for ever while
+    the error sat in the log and the job looked alive until its time limit. The DataLoader's
+    own shutdown asks each worker to stop and joins it; a worker that does not stop in time
+    (stuck in a decoder) is killed, and so is any other child process still running."""
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)  # a persistent loader keeps its iterator
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        loader._iterator = None
+    for child in multiprocessing.active_children():
+        LOG.warning("killing a child process left running: %s (pid %s)", child.name, child.pid)
+        child.kill()
+        child.join(timeout=10)

@@ -1,0 +1,176 @@
+"""The resume state on disk (k400ft.state): checksummed state files with a loud fallback, the
+random streams, and the lock that gives a state dir to one trainer: held, refused naming the
+holder, taken over loudly from a dead one, and the content-only fallback on a file system
+without record locks."""
+
+import errno
+import json
+import logging
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from k400ft import state
+
+# ---------------------------------------------------------------- state files
+
+
+def test_state_file_round_trip_and_corruption(tmp_path):
+    saved = {
+        "model": {"w": torch.randn(3, 4)},
+        "progress": {"epoch": 2, "global_step": 9},
+        "ranks": [state.rng_state(torch.device("cpu"))],
+    }
+    path = tmp_path / "s.pt"
+    path.write_bytes(state.pack_state(saved))
+    back = state.unpack_state(path)
+    assert torch.equal(back["model"]["w"], saved["model"]["w"])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        state.unpack_state(path)
+    flipped = bytearray(data)
+    flipped[-100] ^= 1
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        state.unpack_state(path)
+
+
+def test_truncated_last_falls_back_to_previous_loudly(tmp_path, caplog):
+    store = state.StateStore(tmp_path)
+    for step in (1, 2):
+        store.save({"progress": {"epoch": 0, "global_step": step}})
+    assert state.StateStore(tmp_path).load()["progress"]["global_step"] == 2
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:-10])
+    store = state.StateStore(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="k400ft.state"):
+        loaded = store.load()
+    assert loaded["progress"]["global_step"] == 1
+    assert "last.pt is unusable" in caplog.text and "PREVIOUS state" in caplog.text
+    store.save(
+        {"progress": {"epoch": 0, "global_step": 3}}
+    )  # the bad `last` must not become `prev`
+    assert state.unpack_state(tmp_path / "prev.pt")["progress"]["global_step"] == 1
+    assert state.StateStore(tmp_path).load()["progress"]["global_step"] == 3
+
+
+def test_rng_state_survives_the_state_file(tmp_path):
+    device = torch.device("cpu")
+    path = tmp_path / "s.pt"
+    path.write_bytes(state.pack_state({"rng": state.rng_state(device)}))  # weights_only-loadable
+    expected = (random.random(), np.random.rand(), np.random.normal(), torch.rand(1).item())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    state.set_rng_state(state.unpack_state(path)["rng"], device)
+    assert (random.random(), np.random.rand(), np.random.normal(), torch.rand(1).item()) == expected
+
+
+# ---------------------------------------------------------------- the state dir's lock
+
+
+def holder_of(tmp_path) -> dict:
+    return json.loads((tmp_path / state.LOCK_NAME).read_text())
+
+
+def test_the_lock_names_its_holder_while_held_and_is_empty_after(tmp_path):
+    lock = state.StateLock(tmp_path)
+    lock.acquire()
+    holder = holder_of(tmp_path)
+    assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
+    lock.release()
+    assert (tmp_path / state.LOCK_NAME).read_text() == ""
+    again = state.StateLock(tmp_path)  # released: the next trainer takes it without a word
+    again.acquire()
+    again.release()
+
+
+HOLD = """
+import fcntl, json, os, socket, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+handle.truncate(0)
+handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": "4242",
+                         "started": "then"}))
+handle.flush()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_lock_held_by_another_process_is_refused_naming_host_pid_and_job(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / state.LOCK_NAME)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with pytest.raises(state.StateLocked) as err:
+            state.StateLock(tmp_path).acquire()
+        assert time.monotonic() - start < 1  # refused at once, not after a wait
+        message = str(err.value)
+        assert f"host {socket.gethostname()} pid {holder.pid}, SLURM job 4242" in message
+        assert str(tmp_path) in message and "in use by another trainer" in message
+        assert holder_of(tmp_path)["pid"] == holder.pid  # the holder's file is untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    state.StateLock(tmp_path).acquire()  # its holder is dead: the kernel dropped the lock
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def write_holder(tmp_path, host: str, pid: int) -> None:
+    record = {"host": host, "pid": pid, "slurm_job": None, "started": "earlier"}
+    (tmp_path / state.LOCK_NAME).write_text(json.dumps(record))
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_loudly(tmp_path, caplog):
+    pid = dead_pid()
+    write_holder(tmp_path, socket.gethostname(), pid)  # a trainer killed -9: its file remains
+    with caplog.at_level(logging.WARNING, logger="k400ft.state"):
+        lock = state.StateLock(tmp_path)
+        lock.acquire()
+    lock_file = tmp_path / state.LOCK_NAME
+    assert f"taking over {lock_file} from host {socket.gethostname()} pid {pid}" in caplog.text
+    assert holder_of(tmp_path)["pid"] == os.getpid()
+    lock.release()
+
+
+@pytest.fixture
+def no_record_locks(monkeypatch):
+    """A file system without record locks (NFS without lockd, Lustre without `flock`)."""
+
+    def lockf(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(state.fcntl, "lockf", lockf)
+
+
+def test_without_record_locks_the_file_alone_decides(tmp_path, caplog, no_record_locks):
+    here = socket.gethostname()
+    write_holder(tmp_path, here, os.getppid())  # a live process of this host
+    with pytest.raises(state.StateLocked, match=f"host {here} pid {os.getppid()}.*remove the file"):
+        state.StateLock(tmp_path).acquire()
+    write_holder(tmp_path, "other-node", 12345)  # another host: cannot tell, refuse
+    with pytest.raises(state.StateLocked, match="host other-node pid 12345"):
+        state.StateLock(tmp_path).acquire()
+    write_holder(tmp_path, here, dead_pid())  # a dead process of this host: taken over
+    with caplog.at_level(logging.WARNING, logger="k400ft.state"):
+        lock = state.StateLock(tmp_path)
+        lock.acquire()
+    assert "does not support record locks" in caplog.text and "taking over" in caplog.text
+    lock.release()
+    state.StateLock(tmp_path).acquire()  # a clean release leaves nothing to refuse
