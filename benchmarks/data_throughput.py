@@ -10,7 +10,8 @@ none, so this is the slow end); try --gop 30 or 12 for short-GOP files), then me
 and on the same files, with config.yaml's `data` section (the paper run: 16 frames, sampling
 rate 4, 224 crops, RandAugment rand-m7-n4-mstd0.5-inc1, num_sample 2):
 
-  (a) train: TrainDataset items (decode once, 2 augmented clips)        clips/s
+  (a) train: TrainDataset items (decode once, 2 augmented clips, augmentation in the
+      worker: data.augment_on workers; benchmarks/train_data.py compares the placements)  clips/s
   (b) test:  TestDataset items (decode once, 5 x 3 views)               videos/s
       (and with uint8 views, normalised later on the device)
   (c) decode floor: decord opening the file and get_batch on the same sorted frame indices,
@@ -20,8 +21,8 @@ rate 4, 224 crops, RandAugment rand-m7-n4-mstd0.5-inc1, num_sample 2):
   (e) unsorted decode: (c_train)'s frame indices handed to get_batch in random order
       (decord then seeks back for every out-of-order frame)             videos/s
 
-and the ratios a/c, b/c, b/d, where the train time goes (decode, RandAugment, crop/resize/
-flip/normalise/erase) and, for the splits stage, probe rates serially, with 2 threads and
+and the ratios a/c, b/c, b/d, where the train time goes (decode, drawing the parameters, the
+torch ops) and, for the splits stage, probe rates serially, with 2 threads and
 with 2 processes. Files go to --dir (kept between runs: generation is the slow part).
 """
 
@@ -145,7 +146,7 @@ def main() -> None:
             return train[item[1]]
 
         t_a = timed(train_item, items)
-        parts = np.zeros(3)  # decode, RandAugment x2, crop.. x2
+        parts = np.zeros(3)  # decode, draw x2, apply x2 (augment_on workers)
         train_indices = {}
         for epoch, i in items:
             with video.item_rngs(train.seed, epoch, i) as rng:
@@ -155,14 +156,11 @@ def main() -> None:
                 frames = video.read_frames(reader, train_indices[epoch, i])
                 del reader  # as in the dataset: a live reader keeps decoding in a thread
                 t1 = time.process_time()
-                for _ in range(2):
-                    t2 = time.process_time()
-                    coloured = train.augment.augment_colours(frames)
-                    t3 = time.process_time()
-                    train.augment.crop_flip_erase(coloured)
-                    parts += (0, t3 - t2, time.process_time() - t3)
-                parts[0] += t1 - t0
-        t_c_train, t_ra, t_crop = parts / len(items)
+                params = [train.sampler.draw(*frames.shape[1:3]) for _ in range(2)]
+                t2 = time.process_time()
+                train.augmenter.batch([torch.from_numpy(frames)], [params])
+                parts += (t1 - t0, t2 - t1, time.process_time() - t2)
+        t_c_train, t_draw, t_apply = parts / len(items)
 
         def decode_unsorted(item):
             shuffled = np.random.default_rng(item[1]).permutation(train_indices[item])
@@ -228,11 +226,11 @@ def main() -> None:
     print(f"\nwhere the train time goes, per video (2 clips; the same {len(items)} draws as (a))")
     for name, seconds in (
         ("decode", t_c_train),
-        ("RandAugment x2", t_ra),
-        ("crop+resize+flip+normalise+erase x2", t_crop),
+        ("draw the parameters x2", t_draw),
+        ("apply (torch ops, this CPU) x2", t_apply),
     ):
         print(f"  {name:38s} {seconds * 1e3:6.0f} ms  {100 * seconds / t_a:5.1f} %")
-    total = (t_c_train + t_ra + t_crop) * 1e3
+    total = (t_c_train + t_draw + t_apply) * 1e3
     print(f"  {'(sum, vs the measured item)':38s} {total:6.0f} ms  of {t_a * 1e3:.0f} ms")
     print(f"where the test time goes, per video ({len(index)} videos)")
     for name, seconds in (

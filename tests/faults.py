@@ -7,7 +7,7 @@ workers are forked, so a patch made here is in them too. Each fault raises once 
 workers are up, where a real error (a bad clip, a read-only file system, a broken model) would:
 
   train_step  the training step raises (main process, 2nd batch)
-  worker      the clip augmentation raises inside a DataLoader worker
+  worker      drawing a clip's augmentation raises inside a DataLoader worker
   write_log   writing train_log.jsonl fails with EROFS (the first record)
   evaluate    the evaluation raises after the first test video
   none        no fault (the control)
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import torch  # noqa: E402
 
-from k400ft import evaluate, finetune, video  # noqa: E402
+from k400ft import augment, evaluate, finetune  # noqa: E402
 
 
 def InjectedFault(message: str) -> RuntimeError:  # noqa: N802 - reads as an exception class
@@ -48,12 +48,12 @@ def _train_step() -> None:
 
 
 def _worker() -> None:
-    def augment(self, frames):
+    def draw(self, height, width):
         if torch.utils.data.get_worker_info() is None:
             raise AssertionError("the worker fault ran outside a DataLoader worker")
         raise InjectedFault("injected: the augmentation failed in a loader worker")
 
-    video.ClipAugment.__call__ = augment
+    augment.ClipSampler.draw = draw
 
 
 def _write_log() -> None:

@@ -741,3 +741,21 @@ def test_a_kill_inside_finish_leaves_no_declared_output_and_the_rerun_completes(
     assert finish(fork_run(root, spec, "finish_kill")) == [0]
     assert sorted(p.name for p in (root / "finish_kill/out").iterdir()) == sorted(ft.OUTPUTS)
     assert_same_run(reference, outcome(root / "finish_kill/out"))
+
+
+def test_augmentation_on_the_device_resumes_bit_identical_too(tiny):
+    """data.augment_on device: workers decode and draw, the training process makes the clips
+    (here on the CPU); a SIGKILL and a SIGTERM, then resume, still give the uninterrupted run."""
+    root, spec = tiny
+    on_device = json.loads(json.dumps(spec))
+    on_device["data"]["augment_on"] = "device"
+    assert finish(fork_run(root, on_device, "dev_ref")) == [0], rank0_log(root, "dev_ref")[-3000:]
+    reference = outcome(root / "dev_ref/out")
+    resolved = json.loads((root / "dev_ref/out/spec.json").read_text())
+    assert resolved["plan"]["augment_on"] == "device"
+    for after, sig in ((2, signal.SIGKILL), (5, signal.SIGTERM)):
+        ranks = fork_run(root, on_device, "dev")
+        signal_at_step(root, "dev", [r.pid for r in ranks], after, sig)
+        assert finish(ranks) == [-signal.SIGKILL if sig == signal.SIGKILL else ft.EXIT_REQUEUE]
+    assert finish(fork_run(root, on_device, "dev")) == [0]
+    assert_same_run(reference, outcome(root / "dev/out"))

@@ -82,7 +82,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from k400ft import distributed, models, provenance, state, video
+from k400ft import augment, distributed, models, provenance, state, video
 from k400ft.io import atomic_write
 
 log = logging.getLogger("k400ft.finetune")
@@ -190,6 +190,17 @@ def layer_decay_groups(
         group["params"].append(param)
         group["param_names"].append(name)
     return list(groups.values())
+
+
+def augment_placement(setting: str, device: torch.device) -> str:
+    """Where train clips are augmented (data.augment_on): 'auto' -> on the device when it is a
+    GPU (the workers only decode and draw), in the workers on CPU; 'workers' / 'device' as
+    asked (device on CPU runs it in the training process)."""
+    if setting not in ("auto", "workers", "device"):
+        raise SpecError(f"data.augment_on must be auto, workers or device, got {setting!r}")
+    if setting == "auto":
+        return "device" if device.type == "cuda" else "workers"
+    return setting
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -370,6 +381,7 @@ class Plan:
     compile: bool
     log_every: int
     device: str
+    augment_on: str  # where train clips are augmented: workers | device
 
 
 def make_plan(
@@ -414,6 +426,7 @@ def make_plan(
         compile=compile_model,
         log_every=max(1, steps_per_epoch // LOG_LINES_PER_EPOCH),
         device=device.type,
+        augment_on=augment_placement(spec["data"].get("augment_on", "auto"), device),
     )
 
 
@@ -474,9 +487,17 @@ class Finetune:
 
         # augmentation draws are a function of (recipe seed, epoch, video index) (video.item_rngs)
         seed, classes = self.recipe["seed"], spec["num_classes"]
+        placement = augment_placement(self.data_cfg.get("augment_on", "auto"), self.device)
         self.train_set = video.TrainDataset(
-            train_csv, self.data_cfg, "train", seed=seed, num_classes=classes
+            train_csv,
+            self.data_cfg,
+            "train",
+            seed=seed,
+            num_classes=classes,
+            apply_augment=placement == "workers",
         )
+        # augment_on device: the workers draw the parameters, the clips are made here
+        self.augmenter = augment.ClipAugmenter(self.data_cfg) if placement == "device" else None
         self.val_set = video.TrainDataset(
             val_csv, self.data_cfg, "validation", seed=seed, num_classes=classes
         )
@@ -518,7 +539,12 @@ class Finetune:
         )
         # persistent workers (video.make_loader): the sampler is iterated in this process, the
         # epoch reaches the workers through the datasets' shared memory (set_epoch)
-        self.train_loader = self._loader(self.train_set, self.sampler, stream=0)
+        self.train_loader = self._loader(
+            self.train_set,
+            self.sampler,
+            stream=0,
+            collate=video.train_collate if self.augmenter is None else video.train_collate_frames,
+        )
         self.val_loader = self._loader(
             self.val_set, ShardSampler(len(self.val_set), info.world_size, info.rank), stream=1
         )
@@ -674,15 +700,18 @@ class Finetune:
             enabled=self.plan.precision != "fp32",
         )
 
-    def _loader(self, dataset, sampler: Sampler, stream: int) -> DataLoader:
+    def _loader(
+        self, dataset, sampler: Sampler, stream: int, collate: Callable = video.train_collate
+    ) -> DataLoader:
         """Batches of (clips [batch x num_sample, 3, T, S, S], labels, video index), the clips
-        of one video adjacent (upstream's `multiple_samples_collate`)."""
+        of one video adjacent (upstream's `multiple_samples_collate`); or, for augmentation on
+        the device, `video.train_collate_frames` batches."""
         return video.make_loader(
             dataset,
             batch_size=self.plan.batch_per_gpu,
             sampler=sampler,
             num_workers=self.data_cfg["num_workers"],
-            collate_fn=video.train_collate,
+            collate_fn=collate,
             device=self.device,
             seed=loader_seed(self.recipe["seed"], self.info.rank, stream),
         )
@@ -716,10 +745,9 @@ class Finetune:
             step_loss = torch.zeros((), device=self.device)
             for micro in range(plan.accumulation):
                 wait_start = time.perf_counter()
-                clips, labels, _ = next(batches)
-                clips = clips.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
+                batch = next(batches)
                 window["wait"] += time.perf_counter() - wait_start
+                clips, labels = self.on_device(batch)
                 if self.mixup is not None:
                     clips, targets = mix_clips(self.mixup, clips, labels)
                 else:
@@ -768,6 +796,15 @@ class Finetune:
             if progress.step_in_epoch < plan.steps_per_epoch:
                 self.check_stop()
         bar.close()
+
+    def on_device(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """A train batch as (clips, labels) on the device: moved; with augment_on device, the
+        decoded frames are moved and the clips made there from the workers' parameters."""
+        labels = batch[-2].to(self.device, non_blocking=True)
+        if self.augmenter is None:
+            return batch[0].to(self.device, non_blocking=True), labels
+        frames = [f.to(self.device, non_blocking=True) for f in batch[0]]
+        return self.augmenter.batch(frames, batch[1]), labels
 
     def log_steps(
         self, epoch: int, lr: float, window: dict, clips_per_step: int, bar: tqdm

@@ -33,7 +33,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
-import math
 import multiprocessing
 import random
 import re
@@ -49,13 +48,14 @@ from decord import VideoReader, cpu
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from k400ft import augment
+from k400ft.augment import random_resized_crop_box
 from k400ft.io import atomic_write, die_with_parent
 
 LOG = logging.getLogger("k400ft.video")
 
-# upstream run_class_finetuning.py: --train_interpolation default 'bicubic' (RandAugment's
-# resampling); --remode pixel, --recount 1 (random erasing); not recipe knobs in the paper.
-RAND_AUGMENT_INTERPOLATION = Image.Resampling.BICUBIC
+# upstream run_class_finetuning.py: --remode pixel, --recount 1 (random erasing; the PIL
+# reference path, `ClipAugment`); not recipe knobs in the paper.
 ERASE_MODE = "pixel"
 ERASE_COUNT = 1
 
@@ -234,41 +234,6 @@ def test_crop_offsets(
     return [(0, start) for start in starts]
 
 
-def random_resized_crop_box(
-    height: int,
-    width: int,
-    scale: Sequence[float] = (0.08, 1.0),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    rng: random.Random | None = None,
-) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a random resized crop: upstream `_get_param_spatial_crop`, which
-    has torchvision's `RandomResizedCrop.get_params` semantics.
-
-    Up to 10 tries: area ~ U(scale) * H * W, aspect = exp(U(log ratio)), w = round(sqrt(area *
-    aspect)), h = round(sqrt(area / aspect)); accepted if 0 < w <= W and 0 < h <= H, then
-    top ~ U{0..H-h}, left ~ U{0..W-w}. Else a centred crop of the whole frame clamped to the
-    ratio range. rng: a random.Random, default Python's global one (as upstream).
-    """
-    draw = rng if rng is not None else random  # the module's functions use its global Random
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = draw.uniform(*scale) * area
-        aspect = math.exp(draw.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return draw.randint(0, height - h), draw.randint(0, width - w), h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 # --------------------------------------------------------------------------------------------
 # Decoding and pixel operations
 # --------------------------------------------------------------------------------------------
@@ -366,7 +331,10 @@ def apply_same_draw(
 
 
 class ClipAugment:
-    """One augmented train clip from decoded frames: upstream `_aug_frame` + `spatial_sampling`.
+    """One augmented train clip from decoded frames: upstream `_aug_frame` + `spatial_sampling`,
+    with PIL, as upstream computes it. The reference that the training path (`augment`: the
+    same draws, applied with torch ops, in the workers or on the device) is tested and
+    benchmarked against; not used for training.
 
     Order and random sources as upstream: RandAugment (numpy + random), crop box (random),
     flip (numpy), erasing (random + torch). We crop and resize on the 0..255 scale and
@@ -391,11 +359,9 @@ class ClipAugment:
         self.hflip = float(aug["hflip"])
         self.mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
         self.std = torch.tensor(data_cfg["std"], dtype=torch.float32)
-        hparams = {
-            "translate_const": int(self.size * 0.45),
-            "interpolation": RAND_AUGMENT_INTERPOLATION,
-        }
-        self.rand_augment = rand_augment_transform(aug["rand_augment"], hparams)
+        self.rand_augment = rand_augment_transform(
+            aug["rand_augment"], augment.rand_augment_hparams(self.size)
+        )
         self.erase = None
         if aug["reprob"] > 0:
             self.erase = RandomErasing(
@@ -489,11 +455,15 @@ class TrainDataset(_SplitVideos):
     """Train clips (mode 'train') or the per-epoch validation view (mode 'validation').
 
     Item: (clips [num_sample, 3, T, S, S] float32, labels [num_sample] int64, index int);
-    validation has num_sample 1 and S = input_size after a centre crop. Augmentations are a
-    function of (seed, epoch, index): call `set_epoch(epoch)` before iterating an epoch (the
-    epoch lives in shared memory, so persistent workers see it). A video that fails to
-    decode is logged and replaced by the next index, at most `max_attempts` tries (then a
-    RuntimeError names the videos); the returned index is the video actually used.
+    validation has num_sample 1 and S = input_size after a centre crop. Train clips are
+    augmented by `augment.ClipAugmenter` from parameters that `augment.ClipSampler` draws
+    here; with apply_augment=False (augmentation on the training device) a train item is
+    instead (frames [T, H, W, 3] uint8, the clips' ClipParams, labels, index), batched by
+    `train_collate_frames`. Augmentations are a function of (seed, epoch, index): call
+    `set_epoch(epoch)` before iterating an epoch (the epoch lives in shared memory, so
+    persistent workers see it). A video that fails to decode is logged and replaced by the
+    next index, at most `max_attempts` tries (then a RuntimeError names the videos); the
+    returned index is the video actually used.
     """
 
     def __init__(
@@ -504,6 +474,7 @@ class TrainDataset(_SplitVideos):
         seed: int = 0,
         max_attempts: int = 10,
         num_classes: int | None = None,
+        apply_augment: bool = True,
     ):
         if mode not in ("train", "validation"):
             raise ValueError(f"mode must be 'train' or 'validation', got {mode!r}")
@@ -513,7 +484,10 @@ class TrainDataset(_SplitVideos):
         self.max_attempts = max(1, int(max_attempts))
         self.input_size = int(data_cfg["input_size"])
         self.num_sample = int(data_cfg["augment"]["num_sample"]) if mode == "train" else 1
-        self.augment = ClipAugment(data_cfg) if mode == "train" else None
+        self.sampler = augment.ClipSampler(data_cfg) if mode == "train" else None
+        self.augmenter = (
+            augment.ClipAugmenter(data_cfg) if apply_augment and mode == "train" else None
+        )
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
@@ -534,7 +508,7 @@ class TrainDataset(_SplitVideos):
         x = x[:, :, top : top + self.input_size, left : left + self.input_size]
         return normalize(x, self.mean, self.std)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple:
         epoch = int(self._epoch)
         tried = []
         with item_rngs(self.seed, epoch, index) as rng:
@@ -552,12 +526,15 @@ class TrainDataset(_SplitVideos):
                     )
                     tried.append(self.path(video))
                     continue
-                if self.augment is None:
-                    clips = [self.validation_clip(frames)]
-                else:
-                    clips = [self.augment(frames) for _ in range(self.num_sample)]
-                labels = torch.full((len(clips),), int(self.labels[video]), dtype=torch.int64)
-                return torch.stack(clips), labels, video
+                labels = torch.full((self.num_sample,), int(self.labels[video]))
+                if self.sampler is None:
+                    return self.validation_clip(frames).unsqueeze(0), labels, video
+                height, width = frames.shape[1:3]
+                params = [self.sampler.draw(height, width) for _ in range(self.num_sample)]
+                frames = torch.from_numpy(frames)
+                if self.augmenter is None:
+                    return frames, params, labels, video
+                return self.augmenter.batch([frames], [params]), labels, video
         raise RuntimeError(
             f"{self.csv_path}: {len(tried)} consecutive videos from index {index} "
             f"failed to decode: {tried}"
@@ -708,6 +685,20 @@ def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]):
     clips, labels, index = zip(*batch, strict=False)
     counts = torch.tensor([len(c) for c in clips])
     return torch.cat(clips), torch.cat(labels), torch.tensor(index).repeat_interleave(counts)
+
+
+def train_collate_frames(batch: list[tuple]):
+    """Items of a TrainDataset(apply_augment=False): (frames [list of [T, H, W, 3] uint8, sizes
+    may differ], params [list of each video's ClipParams], labels [B*num_sample], index
+    [B*num_sample]), for `augment.ClipAugmenter.batch` on the training device."""
+    frames, params, labels, index = zip(*batch, strict=False)
+    counts = torch.tensor([len(p) for p in params])
+    return (
+        list(frames),
+        list(params),
+        torch.cat(labels),
+        torch.tensor(index).repeat_interleave(counts),
+    )
 
 
 @_not_a_pytest_test

@@ -1,0 +1,279 @@
+"""k400ft.augment: the train augmentation as parameters (drawn in the workers) and torch ops
+(applied in the workers or on the device), against the upstream-faithful PIL path.
+
+Tolerances, per op, on the same frames and arguments as timm's PIL op (asserted below):
+- exact (max |diff| 0): AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd, Color,
+  Contrast, Brightness, Sharpness: the same integer / float32 arithmetic as Pillow's C code;
+- at most 1 level in at most 1% of the pixels: Rotate, ShearX, ShearY, TranslateX/YRel: PIL's
+  affine bicubic (a = -1 kernel, pixel centres, clamped neighbours, fill, truncation) computed
+  in float32 where Pillow uses double, so a value on an integer boundary can truncate the
+  other way (measured: 0-0.3% of the pixels, 1 level).
+The draws are timm's own (its RandAugment with recording ops): identical to the real transform's
+for the same RNG states, and the same distribution over many draws."""
+
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import auto_augment as AA
+from timm.data.random_erasing import RandomErasing
+from videos import write_pattern_mp4
+
+from k400ft import augment as A
+from k400ft import video as V
+
+DATA = {
+    "num_frames": 4,
+    "sampling_rate": 2,
+    "input_size": 32,
+    "short_side_size": 32,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "augment": {
+        "rand_augment": "rand-m7-n4-mstd0.5-inc1",
+        "scale": [0.08, 1.0],
+        "ratio": [0.75, 1.3333333333333333],
+        "hflip": 0.5,
+        "reprob": 0.0,
+        "num_sample": 2,
+    },
+}
+PIL_OPS = {  # timm's pixel function of each RandAugment op of the 'inc1' set
+    "AutoContrast": AA.auto_contrast,
+    "Equalize": AA.equalize,
+    "Invert": AA.invert,
+    "Rotate": AA.rotate,
+    "PosterizeIncreasing": AA.posterize,
+    "SolarizeIncreasing": AA.solarize,
+    "SolarizeAdd": AA.solarize_add,
+    "ColorIncreasing": AA.color,
+    "ContrastIncreasing": AA.contrast,
+    "BrightnessIncreasing": AA.brightness,
+    "SharpnessIncreasing": AA.sharpness,
+    "ShearX": AA.shear_x,
+    "ShearY": AA.shear_y,
+    "TranslateXRel": AA.translate_x_rel,
+    "TranslateYRel": AA.translate_y_rel,
+}
+GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
+PIL_KWARGS = {"fillcolor": A.FILL, "resample": Image.Resampling.BICUBIC}
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Real decoded H.264 frames (K400's aspect, small) and synthetic ones with flat areas,
+    gradients, saturated colours and noise: [T, H, W, 3] uint8 each."""
+    path = write_pattern_mp4(tmp_path_factory.mktemp("aug") / "v.mp4", num_frames=6, seed=3)
+    decoded = V.read_frames(V.open_video(str(path)), np.arange(3))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:72, 0:128]
+    synthetic = []
+    for t in range(3):
+        base = np.stack([(xx * 2 + 9 * t) % 256, (yy * 3) % 256, (xx + yy) % 256], -1)
+        image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        image[20:40, 30:70] = (250, 20, 40)
+        synthetic.append(image)
+    return [decoded, np.stack(synthetic)]
+
+
+def op_arguments(name: str, magnitude: float, negate: bool) -> tuple:
+    """The arguments timm's level map gives op `name` at `magnitude` with the sign `negate`."""
+    level_fn = AA.LEVEL_TO_ARG[name]
+    if level_fn is None:
+        return ()
+    random.seed(0 if negate else 1)  # _randomly_negate: negate when random.random() > 0.5
+    assert (random.random() > 0.5) == negate
+    random.seed(0 if negate else 1)
+    return level_fn(magnitude, {"translate_const": 100, "img_mean": A.FILL})
+
+
+@pytest.mark.parametrize("name", sorted(PIL_OPS))
+@pytest.mark.parametrize("magnitude", [2.0, 7.0, 9.6])
+def test_each_tensor_op_matches_timms_pil_op(frames, name, magnitude):
+    for clip in frames:
+        for negate in (False, True):
+            args = op_arguments(name, magnitude, negate)
+            ours = A.OPS[name](torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous(), *args)
+            ours = ours.permute(0, 2, 3, 1).numpy().astype(int)
+            theirs = np.stack(
+                [np.asarray(PIL_OPS[name](Image.fromarray(f), *args, **PIL_KWARGS)) for f in clip]
+            ).astype(int)
+            diff = np.abs(ours - theirs)
+            if name in GEOMETRIC:
+                assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (name, args, diff.max())
+            else:
+                assert diff.max() == 0, (name, args, diff.max(), (diff > 0).mean())
+
+
+def test_per_frame_ops_use_each_frames_own_statistics(frames):
+    """AutoContrast and Equalize work per image in PIL: a dark frame beside a bright one is
+    stretched on its own."""
+    clip = frames[1].copy()
+    clip[0] = clip[0] // 4
+    x = torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()
+    for name in ("AutoContrast", "Equalize"):
+        ours = A.OPS[name](x).permute(0, 2, 3, 1).numpy()
+        for t, f in enumerate(clip):
+            assert np.array_equal(ours[t], np.asarray(PIL_OPS[name](Image.fromarray(f))))
+
+
+def test_flat_and_two_level_frames_take_pils_identity_branches():
+    flat = torch.full((2, 3, 8, 8), 77, dtype=torch.uint8)
+    assert torch.equal(A.auto_contrast(flat), flat) and torch.equal(A.equalize(flat), flat)
+    two = flat.clone()
+    two[:, :, :4] = 200
+    for name in ("AutoContrast", "Equalize"):
+        theirs = np.asarray(PIL_OPS[name](Image.fromarray(two[0].permute(1, 2, 0).numpy())))
+        assert np.array_equal(A.OPS[name](two)[0].permute(1, 2, 0).numpy(), theirs)
+
+
+# ---------------------------------------------------------------- the draws
+
+
+def recording_pil_transform(config: str, hparams: dict, calls: list):
+    """timm's real RandAugment whose ops also record what they were called with."""
+    transform = AA.rand_augment_transform(config, hparams)
+    for op in transform.ops:
+        fn = op.aug_fn
+
+        def recorded(img, *args, _fn=fn, _name=op.name, **kwargs):
+            calls.append((_name, tuple(args)))
+            return _fn(img, *args, **kwargs)
+
+        op.aug_fn = recorded
+    return transform
+
+
+def test_the_sampler_draws_exactly_what_timms_transform_applies():
+    hparams = A.rand_augment_hparams(32)
+    sampler = A.rand_augment_sampler("rand-m7-n4-mstd0.5-inc1", hparams)
+    calls: list = []
+    real = recording_pil_transform("rand-m7-n4-mstd0.5-inc1", hparams, calls)
+    image = Image.new("RGB", (32, 24), (90, 120, 30))
+    for seed in range(200):
+        random.seed(seed), np.random.seed(seed)
+        drawn = sampler([])
+        after = (random.random(), np.random.rand())
+        calls.clear()
+        random.seed(seed), np.random.seed(seed)
+        real(image)
+        assert drawn == calls
+        assert (random.random(), np.random.rand()) == after  # the streams end in the same place
+
+
+def test_the_draws_have_rand_m7_n4_mstd0_5_inc1s_distribution():
+    """Over many clips: 4 layers, each a uniform choice of the 15 ops with replacement, firing
+    with p 0.5; magnitude N(7, 0.5) clipped to [0, 10]; signs 50/50."""
+    sampler = A.rand_augment_sampler(
+        "rand-m7-n4-mstd0.5-inc1", {"translate_const": 100, "img_mean": A.FILL}
+    )
+    random.seed(1), np.random.seed(1)
+    clips = 6000
+    draws = [sampler([]) for _ in range(clips)]
+    counts = Counter(name for ops in draws for name, _ in ops)
+    assert set(counts) == set(PIL_OPS)
+    p = 4 * 0.5 / 15  # expected firings of one op per clip
+    sigma = math.sqrt(clips * 4 * (1 / 15 * 0.5) * (1 - 1 / 15 * 0.5))
+    for name, count in counts.items():
+        assert abs(count - clips * p) < 5 * sigma, (name, count)
+    fired = Counter(len(ops) for ops in draws)  # Binomial(4, 0.5)
+    for k in range(5):
+        assert abs(fired[k] / clips - math.comb(4, k) / 16) < 0.02
+    degrees = np.array([args[0] for ops in draws for name, args in ops if name == "Rotate"])
+    magnitudes = np.abs(degrees) / 3  # Rotate: level / 10 x 30 degrees
+    assert abs(magnitudes.mean() - 7) < 0.05 and abs(magnitudes.std() - 0.5) < 0.05
+    assert abs((degrees < 0).mean() - 0.5) < 0.05
+    bits = Counter(args[0] for ops in draws for name, args in ops if name == "PosterizeIncreasing")
+    assert set(bits) <= {1, 2}  # 4 - int(m / 10 x 4) for m around 7: 2, rarely 1
+
+
+def test_erase_box_is_timms_random_erasing_box():
+    erasing = RandomErasing(1.0, mode="pixel", max_count=1, num_splits=1, device="cpu")
+    for seed in range(300):
+        random.seed(seed)
+        box = A.erase_box(1.0, 32, 32)
+        random.seed(seed)
+        image = torch.zeros(12, 32, 32)
+        torch.manual_seed(seed)
+        erasing(image)
+        rows, cols = torch.nonzero(image.abs().sum(0)).unbind(1)
+        if box is None:
+            assert len(rows) == 0
+        else:
+            height, width = rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()
+            assert (int(rows.min()), int(cols.min()), int(height), int(width)) == box
+    random.seed(0)
+    assert all(A.erase_box(0.0, 32, 32) is None for _ in range(50))
+
+
+# ---------------------------------------------------------------- the whole clip
+
+
+def both_paths(frames: np.ndarray, data: dict, seed: int, pil_on_cpu: bool = False):
+    """The PIL path (video.ClipAugment) and ours (sampler + augmenter; the torch ops unless
+    pil_on_cpu) on the same item seed."""
+    with V.item_rngs(seed, 0, 0):
+        reference = V.ClipAugment(data)(frames)
+    with V.item_rngs(seed, 0, 0):
+        params = A.ClipSampler(data).draw(*frames.shape[1:3])
+    ours = A.ClipAugmenter(data, pil_on_cpu).clip(torch.from_numpy(frames), params)
+    return reference, ours, params
+
+
+def test_on_the_cpu_a_clip_is_the_pil_paths_exactly(frames):
+    """augment_on workers (CPU): the same draws applied with timm's PIL ops, then the same
+    crop/resize/flip/normalise code: bit-identical to the upstream-faithful path."""
+    for clip in frames:
+        for seed in range(6):
+            reference, ours, params = both_paths(clip, DATA, seed, pil_on_cpu=True)
+            assert torch.equal(reference, ours), params
+
+
+def test_a_clip_matches_the_pil_path_drawn_from_the_same_seed(frames):
+    """The torch ops (what a GPU runs), same draws, same crop/resize/flip/normalise: the clips
+    differ only by the geometric ops' rare 1-level truncations, i.e. by at most 1 / (255 x
+    std) after normalisation."""
+    one_level = 1 / (255 * min(DATA["std"]))
+    worst = 0.0
+    for clip in frames:
+        for seed in range(12):
+            reference, ours, params = both_paths(clip, DATA, seed)
+            assert ours.shape == reference.shape == (3, len(clip), 32, 32)
+            diff = (ours - reference).abs()
+            worst = max(worst, float(diff.max()))
+            assert float(diff.max()) <= one_level + 1e-4, params
+            assert float(diff.mean()) < 0.01 * one_level
+    print(f"largest difference from the PIL path: {worst / one_level:.2f} levels")
+
+
+def test_erasing_replaces_the_same_box_as_the_pil_path(frames):
+    data = {**DATA, "augment": {**DATA["augment"], "reprob": 1.0}}
+    for seed in range(8):
+        reference, ours, params = both_paths(frames[1], data, seed)
+        if params.erase is None:
+            continue
+        top, left, h, w = params.erase
+        inside = torch.zeros(32, 32, dtype=torch.bool)
+        inside[top : top + h, left : left + w] = True
+        one_level = 1 / (255 * min(DATA["std"]))
+        assert float((ours - reference).abs()[..., ~inside].max()) <= one_level + 1e-4
+        noise = ours[..., inside]
+        assert abs(float(noise.mean())) < 0.2 and abs(float(noise.std()) - 1) < 0.2
+        assert not torch.equal(ours[:, 0][..., inside], ours[:, 1][..., inside])  # per frame
+
+
+def test_a_batch_of_videos_of_different_sizes():
+    augmenter = A.ClipAugmenter(DATA)
+    sampler = A.ClipSampler(DATA)
+    frames = [
+        torch.randint(0, 256, (4, h, w, 3), dtype=torch.uint8) for h, w in ((36, 64), (64, 48))
+    ]
+    with V.item_rngs(0, 0, 0):
+        params = [[sampler.draw(*f.shape[1:3]) for _ in range(2)] for f in frames]
+    clips = augmenter.batch(frames, params)
+    assert clips.shape == (4, 3, 4, 32, 32) and clips.dtype == torch.float32
+    assert torch.equal(clips[2], augmenter.clip(frames[1], params[1][0]))
