@@ -146,14 +146,7 @@ class Trainer:
         if channels_last:
             self.net.patch_embed.to(memory_format=torch.channels_last_3d)
         self.model = torch.compile(self.net) if compile_model else self.net
-        groups = ft.layer_decay_groups(
-            self.net.named_parameters(),
-            self.net.layer_id,
-            self.net.num_layers,
-            self.net.no_weight_decay(),
-            self.recipe["weight_decay"],
-            self.recipe["layer_decay"],
-        )
+        groups = ft.param_groups(self.net, self.recipe["weight_decay"], self.recipe["layer_decay"])
         self.optimizer = torch.optim.AdamW(
             groups,
             lr=1e-4,

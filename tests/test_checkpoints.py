@@ -21,7 +21,7 @@ import torch
 from fakedrive import FakeDrive
 from gdown.download import CHUNK_SIZE
 
-from k400ft import checkpoints, models
+from k400ft import checkpoints, layouts
 from k400ft.checkpoints import CheckpointError, CheckpointSpec, DriveOptions
 from k400ft.provenance import file_sha256
 
@@ -52,7 +52,7 @@ def checkpoint_bytes(fmt: str, seed: int = 0, embed_dim: int = 24) -> bytes:
     arch = dict(TINY, embed_dim=embed_dim, patchify="2d" if fmt == "catmae_pretrain" else "3d")
     buffer = io.BytesIO()
     num_classes = 5 if fmt == "videomae_finetuned" else None
-    torch.save(models.upstream_state_dict(arch, fmt, num_classes=num_classes, seed=seed), buffer)
+    torch.save(layouts.upstream_state_dict(arch, fmt, num_classes=num_classes, seed=seed), buffer)
     return buffer.getvalue()
 
 

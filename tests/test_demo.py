@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from k400ft import demo, models
+from k400ft import demo, layouts, models
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -281,8 +281,8 @@ def test_cli_checkpoint_of_each_demo_model_has_the_upstream_layout_and_loads(tmp
     spec = {"format": fmt, "arch": model["arch"], "pretrain": TINY_PRETRAIN}
     run_cli("checkpoint", "--spec", json.dumps(spec), "--output", str(path))
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
-    state_dict = models.read_state_dict(path)
-    models.check_layout(state_dict, fmt)
+    state_dict = layouts.read_state_dict(path)
+    layouts.check_layout(state_dict, fmt)
     assert "mask_token" in state_dict and any("decoder" in k for k in state_dict)
     loaded = models.build_model(model["arch"], num_classes=8)
     report = models.load_pretrained(loaded, path, fmt)

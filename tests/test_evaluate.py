@@ -261,7 +261,8 @@ def tiny(tmp_path_factory):
     """5 test videos (4 real tiny mp4 files + 1 broken) and weights in both formats."""
     from videos import write_pattern_mp4
 
-    from k400ft.models import build_model, upstream_state_dict
+    from k400ft.layouts import upstream_state_dict
+    from k400ft.models import build_model
     from k400ft.video import write_split_csv
 
     root = tmp_path_factory.mktemp("eval")

@@ -5,12 +5,14 @@ restart, must reach bit-identical weights and metrics to an uninterrupted run (o
 and 2 gloo processes through torchrun)."""
 
 import contextlib
+import functools
 import io
 import json
 import math
 import multiprocessing
 import os
 import random
+import re
 import runpy
 import shutil
 import signal
@@ -19,16 +21,20 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from timm.data import Mixup
+from timm.models import group_parameters
+from torch import nn
 
 from k400ft import finetune as ft
 from k400ft.io import setup_logging
-from k400ft.models import build_model
+from k400ft.models import CATMAE_VITS16, VIDEOMAE_VITS16, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = {
@@ -145,15 +151,70 @@ def test_lr_schedule_without_warmup_and_paper_sizes():
 # ---------------------------------------------------------------- parameter groups
 
 
-def groups_by_name(model, weight_decay=0.05, layer_decay=0.75):
-    groups = ft.layer_decay_groups(
+def layer_decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    layer_id: Callable[[str], int],
+    num_layers: int,
+    no_weight_decay: set[str],
+    weight_decay: float,
+    layer_decay: float,
+) -> list[dict[str, Any]]:
+    """The reference: the project's own groups before timm built them (`ft.param_groups`),
+    upstream's `get_parameter_groups`.
+
+    A parameter gets no weight decay when it is 1-D, its name ends in `.bias`, or its name is
+    in `no_weight_decay` (pos_embed, cls_token); its lr scale is
+    layer_decay^(num_layers - 1 - layer_id(name)) (ViT-S: num_layers 14, scale 0.75^(13 - id),
+    id 0 = cls_token/pos_embed/patch_embed, i + 1 = blocks.i, 13 = fc_norm/head). One group per
+    (layer, decay) pair, in the order parameters first appear; each group lists `param_names`.
+    """
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in no_weight_decay)
+        layer = layer_id(name)
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"layer_id({name!r}) = {layer} outside [0, {num_layers})")
+        group = groups.setdefault(
+            (layer, decay),
+            {
+                "params": [],
+                "param_names": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": layer_decay ** (num_layers - 1 - layer),
+            },
+        )
+        group["params"].append(param)
+        group["param_names"].append(name)
+    return list(groups.values())
+
+
+def upstream_layer_id(name: str, num_layers: int) -> int:
+    """The reference layer id, upstream `get_num_layer_for_vit` (`VideoViT.layer_id` as it was
+    written before it read `group_matcher`): 0 for cls_token / pos_embed / mask_token /
+    patch_embed.*, i + 1 for blocks.i.*, num_layers - 1 for the rest (fc_norm, head)."""
+    if name in ("cls_token", "pos_embed", "mask_token") or name.startswith("patch_embed."):
+        return 0
+    match = re.match(r"blocks\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    return num_layers - 1
+
+
+def reference_groups(model, weight_decay=0.05, layer_decay=0.75):
+    return layer_decay_groups(
         model.named_parameters(),
-        model.layer_id,
+        functools.partial(upstream_layer_id, num_layers=model.num_layers),
         model.num_layers,
         model.no_weight_decay(),
         weight_decay,
         layer_decay,
     )
+
+
+def groups_by_name(model, weight_decay=0.05, layer_decay=0.75):
+    groups = reference_groups(model, weight_decay, layer_decay)
     return {
         name: (g["weight_decay"], g["lr_scale"]) for g in groups for name in g["param_names"]
     }, groups
@@ -204,7 +265,7 @@ def test_param_groups_vits_layer_ids_and_frozen_params():
 
 def test_param_groups_drive_adamw_lr_per_parameter():
     model = build_model(TINY_ARCH, 8)
-    groups = ft.layer_decay_groups(
+    groups = layer_decay_groups(
         model.named_parameters(),
         model.layer_id,
         model.num_layers,
@@ -218,6 +279,63 @@ def test_param_groups_drive_adamw_lr_per_parameter():
     lr_of = {n: g["lr"] for g in optimizer.param_groups for n in g["param_names"]}
     assert lr_of["head.weight"] == pytest.approx(2e-3)
     assert lr_of["cls_token"] == pytest.approx(2e-3 * 0.75**3)
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [CATMAE_VITS16, VIDEOMAE_VITS16, TINY_ARCH, dict(TINY_ARCH, patchify="3d")],
+    ids=["catmae_vits16", "videomae_vits16", "tiny_2d", "tiny_3d"],
+)
+def test_timm_param_groups_are_the_reference_groups(arch):
+    """`ft.param_groups` (timm's `param_groups_layer_decay` over `VideoViT.group_matcher`)
+    gives the reference's groups for both models: the same groups in the same order, each with
+    the same parameters (identity, in order), lr_scale and weight_decay exactly equal; frozen
+    parameters left out the same way. timm's layer ids are `layer_id`'s."""
+    torch.manual_seed(0)
+    model = build_model(arch, 400)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ids = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    assert ids == {n: upstream_layer_id(n, model.num_layers) for n, _ in model.named_parameters()}
+    assert ids == {name: model.layer_id(name) for name, _ in model.named_parameters()}
+    assert max(ids.values()) == model.num_layers - 1 == model.depth + 1
+
+    def rows(groups):
+        return [
+            ([names[id(p)] for p in g["params"]], g["lr_scale"], g["weight_decay"]) for g in groups
+        ]
+
+    for frozen in ((), ("head.bias", "blocks.0.norm1.weight")):
+        for name in frozen:
+            dict(model.named_parameters())[name].requires_grad_(False)
+        new, old = ft.param_groups(model, 0.05, 0.75), reference_groups(model)
+        assert rows(new) == rows(old)
+        for got, want in zip(new, old, strict=True):
+            assert all(a is b for a, b in zip(got["params"], want["params"], strict=True))
+            assert set(got) == {"params", "lr_scale", "weight_decay"}  # no param_names
+        assert sorted(rows(new), key=repr) == sorted(rows(old), key=repr)  # the multiset, too
+        assert sum(len(g["params"]) for g in new) == sum(
+            p.requires_grad for p in model.parameters()
+        )
+
+
+def test_optimizer_state_of_reference_groups_loads_into_timm_groups():
+    """A resume state written before timm built the groups (reference groups, `param_names`
+    included) loads into today's optimiser: same group count, sizes and order, so every
+    parameter gets its own moments back, with its lr_scale and weight_decay."""
+    torch.manual_seed(0)
+    model = build_model(TINY_ARCH, 8)
+    old = torch.optim.AdamW(reference_groups(model), lr=1e-3)
+    model(torch.randn(2, 3, 8, 32, 32)).square().sum().backward()
+    old.step()
+    saved = old.state_dict()
+    new = torch.optim.AdamW(ft.param_groups(model, 0.05, 0.75), lr=1e-3)
+    new.load_state_dict(saved)
+    for param in model.parameters():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(new.state[param][key], old.state[param][key])
+    for got, want in zip(new.param_groups, old.param_groups, strict=True):
+        assert got["params"] == want["params"]
+        assert (got["lr_scale"], got["weight_decay"]) == (want["lr_scale"], want["weight_decay"])
 
 
 # ---------------------------------------------------------------- accumulation
@@ -346,7 +464,7 @@ def tiny(tmp_path_factory):
     CatMAE-layout pretrained checkpoint, and the spec."""
     from videos import write_pattern_mp4
 
-    from k400ft.models import upstream_state_dict
+    from k400ft.layouts import upstream_state_dict
     from k400ft.video import write_split_csv
 
     root = tmp_path_factory.mktemp("finetune")

@@ -18,18 +18,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from k400ft import models
-from k400ft.models import (
-    CATMAE_VITS16,
-    NEW_AT_FINETUNE,
-    VIDEOMAE_VITS16,
-    build_model,
-    check_layout,
-    load_pretrained,
-    load_weights,
-    read_state_dict,
-    upstream_state_dict,
-)
+from k400ft import layouts, models
+from k400ft.layouts import NEW_AT_FINETUNE, check_layout, read_state_dict, upstream_state_dict
+from k400ft.models import CATMAE_VITS16, VIDEOMAE_VITS16, build_model, load_pretrained, load_weights
 
 torch.set_num_threads(1)
 
@@ -256,7 +247,7 @@ def test_videomae_sinusoid_table_is_upstream_formula():
 def test_sincos_2d_table_is_mae_layout():
     """MAE's grid is meshgrid(w, h): the first D/2 channels encode the column, the last D/2
     the row, each [sin | cos] with frequency 1 in the first channel of each half."""
-    table = models.sincos_2d_table(64, 3, 5)[0]
+    table = layouts.sincos_2d_table(64, 3, 5)[0]
     assert table.shape == (1 + 15, 64)
     assert torch.equal(table[0], torch.zeros(64))
     row, col = 2, 3

@@ -14,8 +14,8 @@ before `os.replace` puts them at the output path, so a reader never sees a half 
 unverified file there:
 1. sha256: against the pinned `sha256` of the config entry; where none is pinned, against
    the hash recorded by the first successful run in the lock file (trust on first use).
-2. layout: the file must load as a checkpoint (`models.read_state_dict`, weights_only)
-   whose encoder keys match the entry's `format` (`models.check_layout`).
+2. layout: the file must load as a checkpoint (`layouts.read_state_dict`, weights_only)
+   whose encoder keys match the entry's `format` (`layouts.check_layout`).
 
 Network settings follow `requests`: with the defaults (`proxy=None`, `verify=True`) the
 standard variables HTTPS_PROXY / NO_PROXY and REQUESTS_CA_BUNDLE apply; `DriveOptions`
@@ -41,13 +41,13 @@ from pathlib import Path
 import gdown
 import requests
 
-from k400ft import models
+from k400ft import layouts
 from k400ft.io import atomic_write
 from k400ft.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
-FORMATS = tuple(models.LAYOUT_FORMATS)  # catmae_pretrain, videomae_pretrain, videomae_finetuned
+FORMATS = tuple(layouts.LAYOUT_FORMATS)  # catmae_pretrain, videomae_pretrain, videomae_finetuned
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _PROGRESS_STEP_BYTES = 64 * 2**20  # log every 64 MiB when Drive announces no size
 
@@ -149,11 +149,11 @@ def verify_layout(path: str | os.PathLike, spec: CheckpointSpec, output: Path) -
     """The file at `path` loads as a checkpoint (weights_only) whose keys match `spec.format`."""
     what = f"checkpoint {spec.name}: the file from {spec.source} (for {output})"
     try:
-        state_dict = models.read_state_dict(path)
+        state_dict = layouts.read_state_dict(path)
     except (ValueError, OSError) as err:
         raise CheckpointError(f"{what} is not a loadable checkpoint: {err}") from err
     try:
-        models.check_layout(state_dict, spec.format)
+        layouts.check_layout(state_dict, spec.format)
     except ValueError as err:
         raise CheckpointError(
             f"{what} does not have the {spec.format} key layout that `format:` in the "

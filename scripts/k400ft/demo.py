@@ -430,28 +430,19 @@ def pretrain_encoder(spec: dict):
 def write_checkpoint(spec: dict, output: str | Path) -> None:
     """Save a tiny pretrained checkpoint in the exact upstream layout of `spec.format`
     (catmae_pretrain | videomae_pretrain), sized by `spec.arch`, atomically: the encoder
-    from `pretrain_encoder`, the pretraining-only tensors (decoder, mask token, final norm)
-    random, as `models.upstream_state_dict` lays them out."""
+    from `pretrain_encoder` (`layouts.place_encoder`), the pretraining-only tensors (decoder,
+    mask token, final norm) random, as `layouts.upstream_state_dict` lays them out."""
     fmt = _require(spec, "format", "spec")
     if fmt not in ("catmae_pretrain", "videomae_pretrain"):
         raise ValueError(f"spec.format must be catmae_pretrain or videomae_pretrain, got {fmt!r}")
     import torch  # here, not at the top: the videos command does not need it
 
-    from k400ft.models import upstream_state_dict
+    from k400ft.layouts import place_encoder, upstream_state_dict
 
     arch = _require(spec, "arch", "spec")
     model = pretrain_encoder(spec)  # first: a bad spec fails before anything is written
     checkpoint = upstream_state_dict(arch, fmt, seed=0)
-    state = checkpoint["model"]
-    prefix = "encoder." if fmt == "videomae_pretrain" else ""
-    for key, value in model.state_dict().items():
-        if key.startswith(("fc_norm.", "head.")):
-            continue
-        if fmt == "catmae_pretrain" and key == "patch_embed.proj.weight":
-            value = value.sum(2)  # the 2D kernel whose inflation (w / 2 per frame) it was
-        if tuple(state[prefix + key].shape) != tuple(value.shape):
-            raise AssertionError(f"{key}: {list(value.shape)} vs {list(state[prefix + key].shape)}")
-        state[prefix + key] = value.detach().clone()
+    place_encoder(checkpoint, fmt, model.state_dict())
     with atomic_write(output) as handle:
         torch.save(checkpoint, handle)
     log.info("demo checkpoint %s (%s) written to %s", fmt, arch, output)

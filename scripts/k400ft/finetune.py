@@ -66,7 +66,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
@@ -154,42 +155,23 @@ def _warmup(lr: float, warmup_steps: int) -> tuple[float, ...]:
     return tuple(np.linspace(0.0, lr, warmup_steps).tolist())
 
 
-def layer_decay_groups(
-    named_parameters: Iterable[tuple[str, nn.Parameter]],
-    layer_id: Callable[[str], int],
-    num_layers: int,
-    no_weight_decay: set[str],
-    weight_decay: float,
-    layer_decay: float,
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups with layer-wise lr decay, upstream's `get_parameter_groups`.
+def param_groups(model: models.VideoViT, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW parameter groups with layer-wise lr decay (upstream's `get_parameter_groups`),
+    built by timm's `param_groups_layer_decay` from the model's `group_matcher`.
 
     A parameter gets no weight decay when it is 1-D, its name ends in `.bias`, or its name is
-    in `no_weight_decay` (pos_embed, cls_token); its lr scale is
-    layer_decay^(num_layers - 1 - layer_id(name)) (ViT-S: num_layers 14, scale 0.75^(13 - id),
-    id 0 = cls_token/pos_embed/patch_embed, i + 1 = blocks.i, 13 = fc_norm/head). One group per
-    (layer, decay) pair, in the order parameters first appear; each group lists `param_names`.
+    in `model.no_weight_decay()` (pos_embed, cls_token); its lr scale is
+    layer_decay^(num_layers - 1 - layer id) (ViT-S: num_layers 14, scale 0.75^(13 - id),
+    id 0 = cls_token/pos_embed/patch_embed, i + 1 = blocks.i, 13 = fc_norm/head). Frozen
+    parameters are left out. One group per (layer, decay) pair, in the order parameters first
+    appear, each with `params`, `weight_decay` and `lr_scale` (lr = lr x lr_scale every step).
     """
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, param in named_parameters:
-        if not param.requires_grad:
-            continue
-        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in no_weight_decay)
-        layer = layer_id(name)
-        if not 0 <= layer < num_layers:
-            raise ValueError(f"layer_id({name!r}) = {layer} outside [0, {num_layers})")
-        group = groups.setdefault(
-            (layer, decay),
-            {
-                "params": [],
-                "param_names": [],
-                "weight_decay": weight_decay if decay else 0.0,
-                "lr_scale": layer_decay ** (num_layers - 1 - layer),
-            },
-        )
-        group["params"].append(param)
-        group["param_names"].append(name)
-    return list(groups.values())
+    return param_groups_layer_decay(
+        model,
+        weight_decay=weight_decay,
+        no_weight_decay_list=(*sorted(model.no_weight_decay()), "*.bias"),
+        layer_decay=layer_decay,
+    )
 
 
 def augment_placement(setting: str, device: torch.device) -> str:
@@ -514,14 +496,7 @@ class Finetune:
             log.info("pretrained %s (%s): %s", pretrained, spec["pretrained_format"], report)
         self.net.to(self.device)
         self.optimizer = torch.optim.AdamW(
-            layer_decay_groups(
-                self.net.named_parameters(),
-                self.net.layer_id,
-                self.net.num_layers,
-                set(self.net.no_weight_decay()),
-                self.recipe["weight_decay"],
-                self.recipe["layer_decay"],
-            ),
+            param_groups(self.net, self.recipe["weight_decay"], self.recipe["layer_decay"]),
             lr=self.plan.lr,
             betas=tuple(self.recipe["betas"]),
             eps=self.recipe["eps"],
