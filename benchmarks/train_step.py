@@ -5,7 +5,9 @@
     python benchmarks/train_step.py --device cuda          # one GPU, the paper's per-GPU batch
     python benchmarks/train_step.py --device cuda --suite  # the one-shot GPU check (minutes)
 
-One train step = what the fine-tuning engine does per micro-step (k400ft.finetune): Mixup/CutMix
+The measuring code is k400ft.plan's, which the workflow's `plan` stage runs on the user's own
+data (one piece of code called two ways). One train step = what the fine-tuning engine does per
+micro-step (k400ft.finetune): Mixup/CutMix
 on the clips, autocast forward (bf16 where the GPU has it, fp16 + GradScaler otherwise, fp32 on
 CPU), soft-target cross entropy, backward, AdamW with the layer-decay groups. The model and the
 batch come from the config (`models.<model>.arch`, `finetune.batch_per_gpu` videos, each giving
@@ -21,7 +23,8 @@ Measured and printed:
   below); on CPU, or a GPU not in the table, the FLOP/s this process measures on a large
   matmul in the step's dtype ("MFU vs measured GEMM", a different and kinder yardstick);
 - peak GPU memory;
-- with the real loader (TrainDataset, RandAugment and all, `--workers` processes, on K400-like
+- with the real loader (TrainDataset, augmentation where `data.augment_on` puts it,
+  `--workers` processes, on K400-like
   mp4 files written here or a split CSV given with --train-csv): the loader's own clips/s, and
   the train step fed by it: clips/s and the share of step time spent waiting for data;
 - forward-only clips/s (the per-epoch single-view validation);
@@ -36,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +47,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -53,165 +54,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from data_throughput import make_videos  # noqa: E402  (K400-like mp4 files, the data benchmark's)
 
-from k400ft import finetune as ft  # noqa: E402
-from k400ft import video  # noqa: E402
-from k400ft.models import build_model  # noqa: E402
+from k400ft import plan, video  # noqa: E402
 
-# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
-GPU_PEAK_TFLOPS = {
-    "H200": 989.4,
-    "H100 PCIe": 756.0,
-    "H100 NVL": 835.5,
-    "H100": 989.4,  # SXM
-    "GH200": 989.4,
-    "A100": 312.0,
-    "L40S": 362.1,
-    "A10G": 70.0,
-    "L4": 121.0,
-    "V100": 125.0,
-}
 K400_TRAIN_VIDEOS = (
     240_000  # order of magnitude of a K400 copy's train split (yours: --train-videos)
 )
 K400_VAL_VIDEOS = 19_800
-
-
-def model_flops(arch: dict, num_classes: int) -> tuple[float, float]:
-    """(forward, forward + backward) FLOPs of one clip, counted on the meta device."""
-    with torch.device("meta"):
-        model = build_model(arch, num_classes)
-        clip = torch.randn(1, 3, arch["num_frames"], arch["img_size"], arch["img_size"])
-    with FlopCounterMode(display=False) as counter:
-        logits = model(clip)
-    forward = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        model(clip).sum().backward()
-    del logits
-    return float(forward), float(counter.get_total_flops())
-
-
-def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
-    """(FLOP/s, where the figure comes from) for MFU."""
-    if device.type == "cuda" and precision in ("bf16", "fp16"):
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in GPU_PEAK_TFLOPS.items():
-            if key in name:
-                return (
-                    tflops * 1e12,
-                    f"{name}: data-sheet dense {precision} peak {tflops:.0f} TFLOP/s",
-                )
-    dtype = ft.AUTOCAST_DTYPE[precision]
-    size = 4096 if device.type == "cuda" else 2048
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b
-    best = 0.0
-    for _ in range(5):  # the best of 5 windows: other processes on a shared machine only slow it
-        synchronize(device)
-        start, reps = time.perf_counter(), 0
-        while time.perf_counter() - start < 0.4:
-            a @ b
-            reps += 1
-        synchronize(device)
-        best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
-    return (
-        best,
-        f"best measured {size}^3 {precision} matmul on {device.type}: {best / 1e12:.3f} TFLOP/s "
-        "(MFU vs measured GEMM)",
-    )
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Trainer:
-    """The engine's micro-step on one device, for timing."""
-
-    def __init__(
-        self,
-        cfg: dict,
-        model_name: str,
-        device: torch.device,
-        precision: str,
-        compile_model: bool,
-        channels_last: bool,
-    ):
-        spec = cfg["models"][model_name]
-        self.arch, self.recipe, self.device = spec["arch"], cfg["recipe"], device
-        self.num_classes = cfg["kinetics"]["num_classes"]
-        self.precision = ft.resolve_precision(precision, device)
-        self.channels_last = channels_last
-        self.net = build_model(self.arch, self.num_classes).to(device)
-        if channels_last:
-            self.net.patch_embed.to(memory_format=torch.channels_last_3d)
-        self.model = torch.compile(self.net) if compile_model else self.net
-        groups = ft.param_groups(self.net, self.recipe["weight_decay"], self.recipe["layer_decay"])
-        self.optimizer = torch.optim.AdamW(
-            groups,
-            lr=1e-4,
-            betas=tuple(self.recipe["betas"]),
-            eps=self.recipe["eps"],
-            fused=device.type == "cuda",
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.mixup = ft.make_mixup(self.recipe, self.num_classes)
-        self.criterion = ft.make_criterion(self.recipe, self.mixup)
-
-    def clips(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (count, 3, self.arch["num_frames"], self.arch["img_size"], self.arch["img_size"])
-        return torch.randn(shape), torch.randint(0, self.num_classes, (count,))
-
-    def autocast(self):
-        return torch.autocast(
-            self.device.type,
-            dtype=ft.AUTOCAST_DTYPE[self.precision],
-            enabled=self.precision != "fp32",
-        )
-
-    def step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
-        clips = clips.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        clips, targets = ft.mix_clips(self.mixup, clips, labels) if self.mixup else (clips, labels)
-        if self.channels_last:
-            clips = clips.contiguous(memory_format=torch.channels_last_3d)
-        with self.autocast():
-            loss = self.criterion(self.model(clips), targets)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def forward(self, clips: torch.Tensor) -> None:
-        with self.autocast():
-            self.model(clips.to(self.device, non_blocking=True))
-
-
-def time_steps(function, batches, warmup: int, steps: int, device: torch.device) -> dict:
-    """Median seconds per call of function(batch) after `warmup` calls; with a loader as
-    `batches`, the share of the time spent waiting for it."""
-    times, waits = [], []
-    iterator = iter(batches)
-    for index in range(warmup + steps):
-        start = time.perf_counter()
-        batch = next(iterator)
-        fetched = time.perf_counter()
-        function(*batch)
-        synchronize(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-            waits.append(fetched - start)
-    return {
-        "step_s": statistics.median(times),
-        "mean_s": sum(times) / len(times),
-        "data_wait": sum(waits) / sum(times),
-    }
-
-
-def repeat(value):
-    while True:
-        yield value
 
 
 def write_video(job: tuple) -> str:
@@ -244,33 +92,6 @@ def k400_like_csv(
     return csv
 
 
-def loader_for(cfg: dict, csv: Path, batch: int, workers: int, device: torch.device):
-    dataset = video.TrainDataset(csv, cfg["data"], "train", seed=0)
-    return video.make_loader(
-        dataset,
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        collate_fn=video.train_collate,
-        device=device,
-        drop_last=True,
-    )
-
-
-def endless(loader):
-    if len(loader) == 0:
-        raise SystemExit(
-            f"the loader gives no full batch: {len(loader.dataset)} videos for a batch of "
-            f"{loader.batch_size} (more --videos, or a smaller --batch)"
-        )
-    epoch = 0
-    while True:
-        loader.dataset.set_epoch(epoch)
-        for clips, labels, _ in loader:
-            yield clips, labels
-        epoch += 1
-
-
 def measure(
     cfg: dict,
     args: argparse.Namespace,
@@ -279,74 +100,40 @@ def measure(
     channels_last: bool,
     csv: Path | None,
 ) -> dict:
-    """All figures for one model / setting."""
+    """All figures for one model / setting (k400ft.plan.measure_model, as the plan stage)."""
     device = torch.device(args.device)
-    spec = cfg["models"][model_name]
-    batch = args.batch or spec["finetune"]["batch_per_gpu"]
-    clips_per_step = batch * cfg["data"]["augment"]["num_sample"]
-    trainer = Trainer(cfg, model_name, device, args.precision, compile_model, channels_last)
-    forward_flops, train_flops = model_flops(spec["arch"], cfg["kinetics"]["num_classes"])
-    peak, peak_source = peak_flops(device, trainer.precision)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    synthetic = time_steps(
-        trainer.step, repeat(trainer.clips(clips_per_step)), args.warmup, args.steps, device
-    )
-    result = {
-        "model": model_name,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": trainer.precision,
-        "compile": compile_model,
-        "channels_last_3d": channels_last,
-        "batch_videos": batch,
-        "clips_per_step": clips_per_step,
-        "train_gflops_per_clip": train_flops / 1e9,
-        "forward_gflops_per_clip": forward_flops / 1e9,
-        "step_s": synthetic["step_s"],
-        "clips_per_s": clips_per_step / synthetic["step_s"],
-        "peak_source": peak_source,
+    spec = {
+        "arch": cfg["models"][model_name]["arch"],
+        "recipe": cfg["recipe"],
+        "data": cfg["data"],
+        "num_classes": cfg["kinetics"]["num_classes"],
     }
-    result["mfu"] = result["clips_per_s"] * train_flops / peak
-    if device.type == "cuda":
-        result["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    val = time_steps(
-        trainer.forward,
-        repeat((trainer.clips(clips_per_step)[0],)),
-        args.warmup,
-        args.steps,
+    result = plan.measure_model(
+        spec,
         device,
+        args.precision,
+        batch=args.batch or cfg["models"][model_name]["finetune"]["batch_per_gpu"],
+        steps=args.steps,
+        warmup=args.warmup,
+        compile_model=compile_model,
+        channels_last=channels_last,
+        csv=csv,
+        workers=args.workers,
+        loader_batches=args.loader_batches,
     )
-    result["val_clips_per_s"] = clips_per_step / val["step_s"]
-    if csv is not None:
-        loader = loader_for(cfg, csv, batch, args.workers, device)
-        alone = time_steps(lambda *b: None, endless(loader), 1, args.loader_batches, device)
-        result["loader_clips_per_s"] = clips_per_step / alone["mean_s"]
-        fed = time_steps(trainer.step, endless(loader), args.warmup, args.steps, device)
-        result["fed_step_s"] = fed["mean_s"]
-        result["fed_clips_per_s"] = clips_per_step / fed["mean_s"]
-        result["data_wait"] = fed["data_wait"]
-    result["projection"] = projection(cfg, args, model_name, result)
-    return result
-
-
-def projection(cfg: dict, args: argparse.Namespace, model_name: str, result: dict) -> ft.Projection:
+    result["model"] = model_name
     launch = cfg["launch"]["finetune"]
     gpus = args.gpus or launch["nodes"] * launch["procs_per_node"]
-    finetune = cfg["models"][model_name]["finetune"]
-    batch = result["batch_videos"]
-    accumulation = ft.accumulation_steps(finetune["global_batch"], batch, gpus)
-    micro = result.get("fed_step_s", result["step_s"])
-    val_videos_per_s = result["val_clips_per_s"] * gpus  # validation: one clip per video
-    return ft.project_cost(
-        accumulation * micro,
-        args.train_videos,
-        finetune["global_batch"],
+    result["projection"] = plan.project_run(
+        result,
+        cfg["models"][model_name]["finetune"]["global_batch"],
         cfg["recipe"]["epochs"],
         gpus,
+        args.train_videos,
         args.val_videos,
-        val_videos_per_s,
         unit="GPU" if args.device == "cuda" else "CPU-process",
     )
+    return result
 
 
 def report(r: dict, cfg: dict, args: argparse.Namespace) -> None:
@@ -375,11 +162,11 @@ def report(r: dict, cfg: dict, args: argparse.Namespace) -> None:
             f"train step fed by it: {r['fed_clips_per_s']:.2f} clips/s, waiting for data "
             f"{100 * r['data_wait']:.0f}% of the step time"
         )
+    unit = "GPU" if args.device == "cuda" else "CPU-process"
     print(
         f"  projection, {cfg['recipe']['epochs']} epochs of {args.train_videos} videos, global "
-        f"batch {cfg['models'][r['model']]['finetune']['global_batch']}, {gpus} "
-        f"{r['projection'].unit}(s), "
-        f"validation {args.val_videos} videos/epoch: {r['projection'].describe()}"
+        f"batch {cfg['models'][r['model']]['finetune']['global_batch']}, {gpus} {unit}(s), "
+        f"validation {args.val_videos} videos/epoch: {r['projection']['describe']}"
     )
 
 

@@ -43,7 +43,9 @@ rule report:
     params:
         spec=as_json(report_params()),
         benchmarks=f"{RESULTS}/benchmarks",
+        plan=f"{RESULTS}/plan/cost.json",
     shell:
         "python scripts/make_report.py --spec {params.spec:q} --metrics {input.metrics:q}"
         " --logits {input.logits:q} --train-logs {input.train_logs:q} --labels {input.labels:q}"
-        " --benchmarks {params.benchmarks:q} --out-dir $(dirname {output.table_md:q}) 2> {log:q}"
+        " --benchmarks {params.benchmarks:q} --plan {params.plan:q}"
+        " --out-dir $(dirname {output.table_md:q}) 2> {log:q}"

@@ -2,7 +2,8 @@
 
     python scripts/make_report.py --spec '<JSON>' --metrics results/evaluate/*/metrics.json \\
         --logits results/evaluate/*/logits.npz --train-logs results/finetune/*/train_log.jsonl \\
-        --labels results/splits/labels.csv --benchmarks results/benchmarks --out-dir results/report
+        --labels results/splits/labels.csv --benchmarks results/benchmarks \\
+        --out-dir results/report [--plan results/plan/cost.json]
 
 --spec: {"rows": {<row>: {"name", "pretrain_epochs", "published": {"top1", "top5"},
 "finetuned"}}, "num_frames": 16, "evaluate": {...}}. Each input file belongs to the row named
@@ -34,6 +35,9 @@ def main() -> None:
     parser.add_argument(
         "--out-dir", required=True, help="folder for the table, plots and provenance"
     )
+    parser.add_argument(
+        "--plan", default=None, help="the plan stage's cost.json (included when it exists)"
+    )
     args = parser.parse_args()
     setup_logging()
     make_report(
@@ -44,6 +48,7 @@ def main() -> None:
         args.labels,
         args.benchmarks,
         args.out_dir,
+        args.plan,
     )
 
 

@@ -160,6 +160,8 @@ def made(tmp_path_factory):
             str(results / "benchmarks"),
             "--out-dir",
             str(out),
+            "--plan",
+            str(results / "plan/cost.json"),  # absent: the plan stage has not run
         ],
         check=False,
         capture_output=True,
@@ -246,9 +248,17 @@ def test_provenance(made):
         "cpu_time_s": 58.1,
         "max_rss_mb": 812.3,
     }
+    assert record["cost_plan"] is None  # no plan run: nothing, and no error
     assert record["report_environment"]["packages"]["numpy"] == np.__version__
     assert "commit" in record["git"]
     assert len(record["report_spec_sha256"]) == 64
+
+
+def test_a_plan_run_is_in_the_provenance(tmp_path):
+    plan = tmp_path / "cost.json"
+    plan.write_text(json.dumps({"models": {"catmae_vits16": {"advice": ["compute-bound"]}}}))
+    record = report.provenance_record({}, [], {}, tmp_path / "no-benchmarks", plan)
+    assert record["cost_plan"]["models"]["catmae_vits16"]["advice"] == ["compute-bound"]
 
 
 def test_paths_map_to_rows_by_folder():

@@ -145,11 +145,12 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def loader_workers(threads: int) -> int:
-    """DataLoader workers per process: the job's CPUs shared by this node's processes, one CPU
-    each kept for the process itself (torchrun sets LOCAL_WORLD_SIZE). Derived from the CPUs
-    the scheduler gave, not from config, so a loader setting never re-runs a stage."""
-    procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+def loader_workers(threads: int, procs: int | None = None) -> int:
+    """DataLoader workers per process: the job's CPUs shared by this node's `procs` processes
+    (default: torchrun's LOCAL_WORLD_SIZE), one CPU each kept for the process itself. Derived
+    from the CPUs the scheduler gave, not from config, so a loader setting never re-runs a
+    stage."""
+    procs = procs or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(threads // procs - 1, 0)
 
 

@@ -530,8 +530,11 @@ def finetune_record(train_log: Path) -> dict | None:
     }
 
 
-def provenance_record(spec: dict, rows: list[RowResult], logs: dict, benchmarks: Path) -> dict:
-    """Where every number of the table comes from, and what it cost."""
+def provenance_record(
+    spec: dict, rows: list[RowResult], logs: dict, benchmarks: Path, plan: Path | None = None
+) -> dict:
+    """Where every number of the table comes from, and what it cost (and, when the `plan`
+    stage has run, what it was planned to cost: its cost.json)."""
     return {
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": provenance.git_state(),
@@ -556,6 +559,7 @@ def provenance_record(spec: dict, rows: list[RowResult], logs: dict, benchmarks:
         },
         "report_environment": provenance.host(("numpy", "pandas", "matplotlib")),
         "stages": read_benchmarks(benchmarks),
+        "cost_plan": json.loads(plan.read_text()) if plan is not None and plan.exists() else None,
     }
 
 
@@ -567,8 +571,10 @@ def make_report(
     labels_path: str,
     benchmarks: str,
     out_dir: str,
+    plan: str | None = None,
 ) -> pd.DataFrame:
-    """Write every report output into out_dir; returns the table."""
+    """Write every report output into out_dir; returns the table. `plan`: the plan stage's
+    cost.json, included in provenance.json when it exists."""
     out = Path(out_dir)
     rows = load_rows(spec, metrics_paths, logits_paths)
     finetuned = [key for key, row in spec["rows"].items() if row["finetuned"]]
@@ -586,7 +592,7 @@ def make_report(
     plot_training_curves(logs, out)
     plot_views(table, out)
     plot_per_class(rows, labels, out)
-    record = provenance_record(spec, rows, log_paths, Path(benchmarks))
+    record = provenance_record(spec, rows, log_paths, Path(benchmarks), plan and Path(plan))
     write_text(out / "provenance.json", json.dumps(record, indent=2) + "\n")
     for r in table.itertuples():
         log.info(

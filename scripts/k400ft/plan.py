@@ -1,0 +1,606 @@
+"""What a fine-tune and its evaluation will cost on this node, measured before spending GPU-days.
+
+The measuring code of `benchmarks/train_step.py` and of the `plan` stage (rules/plan.smk): one
+piece of code called two ways. `Trainer.step` is the fine-tuning engine's micro-step (Mixup/
+CutMix, autocast forward, soft-target cross entropy, backward, AdamW on the layer-decay groups;
+with `data.augment_on` device the clips are made on the device first, as the engine does);
+`measure_model` times it on synthetic clips (the model alone) and fed by the real loader
+(`video.TrainDataset` on real files, the configured workers and augmentation placement), the
+forward pass (per-epoch validation), peak memory and MFU; `measure_evaluation` times the
+evaluation stage's own loop (`evaluate.run_shard`: every view of a video, decoded once) per
+video; `project_run` turns the figures into the wall time and GPU-hours of the whole run for
+the configured GPU count (data parallel, assuming linear scaling: one all-reduce of 22M
+parameters per optimiser step is small next to a step); `recommendations` says what follows
+from them.
+
+`plan` (scripts/plan.py) runs all of it on a sample of the user's own train and test videos
+and writes `cost.json` and `cost.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from k400ft import augment, distributed, evaluate, video
+from k400ft import finetune as ft
+from k400ft.io import atomic_write
+from k400ft.models import build_model
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
+GPU_PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.5,
+    "H100": 989.4,  # SXM
+    "GH200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "A10G": 70.0,
+    "L4": 121.0,
+    "V100": 125.0,
+}
+DATA_BOUND = 0.10  # a fed step waiting for data more than this share of its time is data-bound
+MEMORY_HEADROOM = 0.85  # batch growth is suggested up to this share of the GPU's memory
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_flops(arch: dict, num_classes: int) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs of one clip, counted on the meta device (every
+    matmul, convolution and attention product at 2 FLOPs per multiply-add)."""
+    with torch.device("meta"):
+        model = build_model(arch, num_classes)
+        clip = torch.randn(1, 3, arch["num_frames"], arch["img_size"], arch["img_size"])
+    with FlopCounterMode(display=False) as counter:
+        logits = model(clip)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        model(clip).sum().backward()
+    del logits
+    return float(forward), float(counter.get_total_flops())
+
+
+def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+    """(FLOP/s, where the figure comes from) for MFU: the data-sheet peak of a known GPU, else
+    the best this process measures on a large matmul in the step's dtype."""
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return (
+                    tflops * 1e12,
+                    f"{name}: data-sheet dense {precision} peak {tflops:.0f} TFLOP/s",
+                )
+    dtype = ft.AUTOCAST_DTYPE[precision]
+    size = 4096 if device.type == "cuda" else 1024
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    best = 0.0
+    for _ in range(5):  # the best of 5 windows: other processes on a shared machine only slow it
+        synchronize(device)
+        start, reps = time.perf_counter(), 0
+        while time.perf_counter() - start < 0.2:
+            a @ b
+            reps += 1
+        synchronize(device)
+        best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
+    return best, (
+        f"best measured {size}^3 {precision} matmul on {device.type}: {best / 1e12:.3f} TFLOP/s "
+        "(MFU vs measured GEMM)"
+    )
+
+
+class Trainer:
+    """The fine-tuning engine's micro-step on one device, for timing (random weights: speed
+    does not depend on them)."""
+
+    def __init__(
+        self,
+        spec: dict,
+        device: torch.device,
+        precision: str,
+        compile_model: bool = False,
+        channels_last: bool = False,
+    ):
+        self.arch, self.recipe, self.device = spec["arch"], spec["recipe"], device
+        self.num_classes = spec["num_classes"]
+        self.precision = ft.resolve_precision(precision, device)
+        self.channels_last = channels_last
+        self.net = build_model(self.arch, self.num_classes).to(device)
+        if channels_last:
+            self.net.patch_embed.to(memory_format=torch.channels_last_3d)
+        self.model = torch.compile(self.net) if compile_model else self.net
+        groups = ft.param_groups(self.net, self.recipe["weight_decay"], self.recipe["layer_decay"])
+        self.optimizer = torch.optim.AdamW(
+            groups,
+            lr=1e-4,
+            betas=tuple(self.recipe["betas"]),
+            eps=self.recipe["eps"],
+            fused=device.type == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.mixup = ft.make_mixup(self.recipe, self.num_classes)
+        self.criterion = ft.make_criterion(self.recipe, self.mixup)
+        placement = ft.augment_placement(spec["data"].get("augment_on", "auto"), device)
+        self.augment_on = placement
+        self.augmenter = augment.ClipAugmenter(spec["data"]) if placement == "device" else None
+
+    def clips(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (count, 3, self.arch["num_frames"], self.arch["img_size"], self.arch["img_size"])
+        return torch.randn(shape), torch.randint(0, self.num_classes, (count,))
+
+    def autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=ft.AUTOCAST_DTYPE[self.precision],
+            enabled=self.precision != "fp32",
+        )
+
+    def step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
+        clips = clips.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        clips, targets = ft.mix_clips(self.mixup, clips, labels) if self.mixup else (clips, labels)
+        if self.channels_last:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        with self.autocast():
+            loss = self.criterion(self.model(clips), targets)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def fed_step(self, *batch) -> None:
+        """A loader batch: clips, or (augment_on device) frames + parameters made into clips
+        on the device first, as `Finetune.on_device` does."""
+        if self.augmenter is None:
+            self.step(batch[0], batch[-2])
+            return
+        frames = [f.to(self.device, non_blocking=True) for f in batch[0]]
+        self.step(self.augmenter.batch(frames, batch[1]), batch[-2])
+
+    @torch.no_grad()
+    def forward(self, clips: torch.Tensor) -> None:
+        with self.autocast():
+            self.model(clips.to(self.device, non_blocking=True))
+
+
+def time_steps(
+    function: Callable, batches: Iterable, warmup: int, steps: int, device: torch.device
+) -> dict:
+    """Median and mean seconds per call of function(*batch) after `warmup` calls; with a loader
+    as `batches`, the share of the time spent waiting for it."""
+    times, waits = [], []
+    iterator = iter(batches)
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        batch = next(iterator)
+        fetched = time.perf_counter()
+        function(*batch)
+        synchronize(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+            waits.append(fetched - start)
+    return {
+        "step_s": statistics.median(times),
+        "mean_s": sum(times) / len(times),
+        "data_wait": sum(waits) / sum(times),
+    }
+
+
+def repeat(value):
+    while True:
+        yield value
+
+
+def train_loader(spec: dict, csv: Path, batch: int, workers: int, device: torch.device):
+    """The engine's train loader over `csv` (augmentation where data.augment_on puts it)."""
+    placement = ft.augment_placement(spec["data"].get("augment_on", "auto"), device)
+    dataset = video.TrainDataset(
+        csv, spec["data"], "train", seed=0, apply_augment=placement == "workers"
+    )
+    return video.make_loader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=video.train_collate if placement == "workers" else video.train_collate_frames,
+        device=device,
+        drop_last=True,
+    )
+
+
+def endless(loader) -> Iterator[tuple]:
+    if len(loader) == 0:
+        raise ValueError(
+            f"the loader gives no full batch: {len(loader.dataset)} videos for a batch of "
+            f"{loader.batch_size}"
+        )
+    epoch = 0
+    while True:
+        loader.dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def measure_model(
+    spec: dict,
+    device: torch.device,
+    precision: str,
+    *,
+    batch: int,
+    steps: int,
+    warmup: int,
+    compile_model: bool = False,
+    channels_last: bool = False,
+    csv: Path | None = None,
+    workers: int = 0,
+    loader_batches: int = 10,
+) -> dict:
+    """Every figure of one model at one setting. spec: {arch, recipe, data, num_classes}."""
+    clips_per_step = batch * spec["data"]["augment"]["num_sample"]
+    trainer = Trainer(spec, device, precision, compile_model, channels_last)
+    forward_flops, train_flops = model_flops(spec["arch"], spec["num_classes"])
+    peak, peak_source = peak_flops(device, trainer.precision)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synthetic = time_steps(
+        trainer.step, repeat(trainer.clips(clips_per_step)), warmup, steps, device
+    )
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": trainer.precision,
+        "compile": compile_model,
+        "channels_last_3d": channels_last,
+        "augment_on": trainer.augment_on,
+        "batch_videos": batch,
+        "clips_per_step": clips_per_step,
+        "train_gflops_per_clip": train_flops / 1e9,
+        "forward_gflops_per_clip": forward_flops / 1e9,
+        "step_s": synthetic["step_s"],
+        "clips_per_s": clips_per_step / synthetic["step_s"],
+        "peak_source": peak_source,
+    }
+    result["mfu"] = result["clips_per_s"] * train_flops / peak
+    val = time_steps(
+        trainer.forward, repeat((trainer.clips(clips_per_step)[0],)), warmup, steps, device
+    )
+    result["val_clips_per_s"] = clips_per_step / val["step_s"]
+    if csv is not None:
+        loader = train_loader(spec, csv, batch, workers, device)
+        try:
+            alone = time_steps(lambda *b: None, endless(loader), 1, loader_batches, device)
+            result["workers"] = workers
+            result["loader_clips_per_s"] = clips_per_step / alone["mean_s"]
+            fed = time_steps(trainer.fed_step, endless(loader), warmup, steps, device)
+        finally:
+            video.close_loaders(loader)
+        result["fed_step_s"] = fed["mean_s"]
+        result["fed_clips_per_s"] = clips_per_step / fed["mean_s"]
+        result["data_wait"] = fed["data_wait"]
+    if device.type == "cuda":
+        result["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result["gpu_mem_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return result
+
+
+def measure_evaluation(
+    spec: dict, device: torch.device, test_csv: Path, workers: int, warmup: int = 1
+) -> dict:
+    """Videos per second of the evaluation stage's own loop (every num_segments x num_crops
+    view, decoded once, forward in batches of batch_views) on the videos of `test_csv`, the
+    first `warmup` of them untimed. spec: {arch, data, evaluate, num_classes}."""
+    settings = spec["evaluate"]
+    model = build_model(spec["arch"], spec["num_classes"]).to(device).eval()
+    dataset = video.TestDataset(
+        test_csv, spec["data"], settings["num_segments"], settings["num_crops"]
+    )
+    loader = video.make_loader(
+        dataset, batch_size=1, num_workers=workers, collate_fn=video.test_collate, device=device
+    )
+    started: list[float] = []
+
+    def timed_items():  # the loop's items; the clock starts at the first one after the warm-up
+        for number, batch in enumerate(loader):
+            if number == warmup:
+                synchronize(device)
+                started.append(time.perf_counter())
+            yield batch
+
+    try:
+        evaluate.run_shard(
+            model, dataset, timed_items(), settings["batch_views"], device, len(dataset)
+        )
+        synchronize(device)
+    finally:
+        video.close_loaders(loader)
+    timed = len(dataset) - warmup
+    if not started or timed < 1:
+        raise ValueError(f"{test_csv}: {len(dataset)} videos, need more than {warmup}")
+    return {
+        "eval_videos": timed,
+        "eval_videos_per_s": timed / (time.perf_counter() - started[0]),
+        "views": settings["num_segments"] * settings["num_crops"],
+    }
+
+
+def project_run(
+    figures: dict,
+    global_batch: int,
+    epochs: int,
+    gpus: int,
+    train_videos: int,
+    val_videos: int,
+    eval_gpus: int | None = None,
+    test_videos: int | None = None,
+    unit: str = "GPU",
+) -> dict:
+    """Wall hours and GPU-hours of the whole fine-tune (accumulation x the loader-fed micro-step
+    when measured, else the model alone; per-epoch validation at the forward rate) and of the
+    evaluation (at the measured videos/s per GPU), on `gpus` (`eval_gpus`) processes."""
+    batch = figures["batch_videos"]
+    accumulation = ft.accumulation_steps(global_batch, batch, gpus)
+    micro = figures.get("fed_step_s", figures["step_s"])
+    fed = ft.project_cost(
+        accumulation * micro,
+        train_videos,
+        global_batch,
+        epochs,
+        gpus,
+        val_videos,
+        figures["val_clips_per_s"] * gpus,
+        unit=unit,
+    )
+    alone = ft.project_cost(
+        accumulation * figures["step_s"], train_videos, global_batch, epochs, gpus, unit=unit
+    )
+    result = {
+        "accumulation": accumulation,
+        "train_wall_h": fed.wall_hours,
+        "train_gpu_h": fed.gpu_hours,
+        "train_wall_h_model_alone": alone.wall_hours,
+        "optimiser_steps": fed.steps_total,
+        "describe": fed.describe(),
+    }
+    if "eval_videos_per_s" in figures and test_videos:
+        hours = test_videos / (figures["eval_videos_per_s"] * (eval_gpus or 1)) / 3600
+        result["eval_wall_h"] = hours
+        result["eval_gpu_h"] = hours * (eval_gpus or 1)
+    return result
+
+
+def recommendations(
+    figures: dict,
+    *,
+    node_cpus: int,
+    procs_per_node: int,
+    global_batch: int,
+    gpus: int,
+    transcode: bool,
+    device: str,
+) -> list[str]:
+    """Plain advice that follows from the measured figures (pure: tested on its own)."""
+    advice = []
+    wait = figures.get("data_wait")
+    if wait is not None:
+        workers = figures.get("workers", 0)
+        per_worker = figures["loader_clips_per_s"] / max(workers, 1)
+        needed = math.ceil(figures["clips_per_s"] / per_worker)
+        available = max(node_cpus // procs_per_node - 1, 1)
+        if wait <= DATA_BOUND:
+            advice.append(
+                f"compute-bound: the loader keeps up (the step waits for data {100 * wait:.0f}% "
+                "of its time)"
+            )
+        elif needed <= workers:
+            advice.append(
+                f"the step waits for data {100 * wait:.0f}% of its time although its {workers} "
+                f"worker(s) make {figures['loader_clips_per_s']:.1f} clips/s alone (the model "
+                f"takes {figures['clips_per_s']:.1f}): they share cores with the training "
+                "process; give the job more CPUs than workers + 1 per process"
+            )
+        elif needed <= available:
+            advice.append(
+                f"data-bound (the step waits for data {100 * wait:.0f}% of its time): raise "
+                f"data.num_workers to {needed} (this node has {node_cpus} cores for "
+                f"{procs_per_node} process(es): up to {available} workers each)"
+            )
+        else:
+            advice.append(
+                f"data-bound (the step waits for data {100 * wait:.0f}% of its time) even with "
+                f"every core: {needed} workers per process would keep up, this node has "
+                f"{available} per process ({node_cpus} cores, {procs_per_node} process(es))"
+            )
+            if figures.get("augment_on") == "workers" and device == "cuda":
+                advice.append("set data.augment_on: device (the workers then only decode and draw)")
+            if not transcode:
+                advice.append(
+                    "turn on data.transcode: a short-keyframe copy makes each clip's decode "
+                    "cheaper (see README, 'Short-keyframe copy')"
+                )
+    peak, total = figures.get("peak_mem_gib"), figures.get("gpu_mem_gib")
+    if peak and total:
+        batch = figures["batch_videos"]
+        fits = int(batch * MEMORY_HEADROOM * total / peak)
+        per_gpu = global_batch // gpus if global_batch % gpus == 0 else 0
+        options = [d for d in range(1, per_gpu + 1) if per_gpu % d == 0 and d <= fits]
+        if options and max(options) > batch:
+            advice.append(
+                f"finetune.batch_per_gpu can grow to {max(options)} (peak {peak:.1f} GiB of "
+                f"{total:.0f} GiB at {batch}; a divisor of global_batch / GPUs = "
+                f"{global_batch // gpus}, so fewer accumulation steps, the same recipe)"
+            )
+    return advice
+
+
+def sample_rows(rows: list[tuple[str, int]], count: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Up to `count` rows spread over the classes: round-robin over the labels (sorted), each
+    label's rows in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list[tuple[str, int]]] = {}
+    for row in rows:
+        by_label.setdefault(row[1], []).append(row)
+    queues = [
+        [group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_label.items())
+    ]
+    picked: list[tuple[str, int]] = []
+    while len(picked) < min(count, len(rows)):
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop())
+    return picked
+
+
+def render_markdown(plan: dict) -> str:
+    """cost.md: the measured figures, the projections and the advice, per model."""
+    lines = [
+        "# Planned cost of the fine-tunes and evaluations",
+        "",
+        f"Measured on {plan['node']['device']} ({plan['node']['cpus']} CPU cores), "
+        f"{plan['sample']['train_videos']} train and {plan['sample']['test_videos']} test videos "
+        "of your splits; projections for the configured launch "
+        f"({plan['launch']['gpus']} {plan['launch']['unit']}(s) for fine-tuning, "
+        f"{plan['launch']['eval_gpus']} for evaluation, {plan['launch']['epochs']} epochs of "
+        f"{plan['launch']['train_videos']} videos).",
+        "",
+        "| Model | batch / GPU | model alone (clips/s) | fed by the loader (clips/s) | data wait "
+        "| fine-tune wall | fine-tune GPU-h | evaluation wall | evaluation GPU-h | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, model in plan["models"].items():
+        f, p = model["figures"], model["projection"]
+        memory = f"{f['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in f else "-"
+        lines.append(
+            f"| {name} | {f['batch_videos']} | {f['clips_per_s']:.1f} | "
+            f"{f.get('fed_clips_per_s', float('nan')):.1f} | {100 * f.get('data_wait', 0):.0f}% | "
+            f"{_hours(p['train_wall_h'])} | {p['train_gpu_h']:.1f} | "
+            f"{_hours(p.get('eval_wall_h', 0))} | {p.get('eval_gpu_h', 0):.2f} | {memory} |"
+        )
+    lines += ["", "## What to do", ""]
+    for name, model in plan["models"].items():
+        for advice in model["advice"]:
+            lines.append(f"- {name}: {advice}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.1f} min"
+
+
+def plan(
+    spec: dict, device: str, train_csv: str, test_csv: str, threads: int, out_dir: str
+) -> dict:
+    """Measure every model of `spec` on a sample of the splits and write cost.json / cost.md.
+
+    spec: {models: {name: {arch, finetune: {global_batch, batch_per_gpu}}}, recipe, data,
+    evaluate, num_classes, launch: {finetune, evaluate}, plan: {videos, test_videos, steps,
+    warmup}}."""
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    launch, settings = spec["launch"], spec["plan"]
+    procs = launch["finetune"]["procs_per_node"]
+    gpus = launch["finetune"]["nodes"] * procs
+    eval_gpus = launch["evaluate"]["nodes"] * launch["evaluate"]["procs_per_node"]
+    workers = distributed.loader_workers(threads, procs)  # what each fine-tune process gets
+    train_rows = video.read_split_csv(train_csv, spec["num_classes"])
+    test_rows = video.read_split_csv(test_csv, spec["num_classes"])
+    record: dict[str, Any] = {
+        "node": {
+            "device": torch.cuda.get_device_name(torch_device)
+            if torch_device.type == "cuda"
+            else "cpu",
+            "cpus": threads,  # the job's CPUs on this node
+            "machine_cpus": os.cpu_count(),
+        },
+        "launch": {
+            "gpus": gpus,
+            "eval_gpus": eval_gpus,
+            "unit": "GPU" if torch_device.type == "cuda" else "CPU-process",
+            "epochs": spec["recipe"]["epochs"],
+            "train_videos": len(train_rows),
+            "test_videos": len(test_rows),
+            "workers_per_process": workers,
+            "augment_on": ft.augment_placement(
+                spec["data"].get("augment_on", "auto"), torch_device
+            ),
+            "transcode": bool(spec.get("transcode")),
+        },
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        train_sample = Path(tmp) / "train.csv"
+        test_sample = Path(tmp) / "test.csv"
+        video.write_split_csv(train_sample, sample_rows(train_rows, settings["videos"]))
+        video.write_split_csv(test_sample, sample_rows(test_rows, settings["test_videos"] + 1))
+        record["sample"] = {
+            "train_videos": min(settings["videos"], len(train_rows)),
+            "test_videos": min(settings["test_videos"] + 1, len(test_rows)),
+        }
+        for name, model in spec["models"].items():
+            model_spec = {
+                "arch": model["arch"],
+                "recipe": spec["recipe"],
+                "data": spec["data"],
+                "num_classes": spec["num_classes"],
+                "evaluate": spec["evaluate"],
+            }
+            figures = measure_model(
+                model_spec,
+                torch_device,
+                spec["recipe"]["precision"],
+                batch=model["finetune"]["batch_per_gpu"],
+                steps=settings["steps"],
+                warmup=settings["warmup"],
+                compile_model=bool(spec["recipe"]["compile"]) and torch_device.type == "cuda",
+                csv=train_sample,
+                workers=workers,
+            )
+            figures.update(measure_evaluation(model_spec, torch_device, test_sample, workers))
+            projection = project_run(
+                figures,
+                model["finetune"]["global_batch"],
+                spec["recipe"]["epochs"],
+                gpus,
+                len(train_rows),
+                len(test_rows),  # per-epoch validation runs on val.csv, which test.csv is
+                eval_gpus,
+                len(test_rows),
+                record["launch"]["unit"],
+            )
+            record["models"][name] = {
+                "figures": figures,
+                "projection": projection,
+                "advice": recommendations(
+                    figures,
+                    node_cpus=threads,
+                    procs_per_node=procs,
+                    global_batch=model["finetune"]["global_batch"],
+                    gpus=gpus,
+                    transcode=record["launch"]["transcode"],
+                    device=torch_device.type,
+                ),
+            }
+    out = Path(out_dir)
+    with atomic_write(out / "cost.json", "w") as handle:
+        json.dump(record, handle, indent=2)
+    with atomic_write(out / "cost.md", "w") as handle:
+        handle.write(render_markdown(record))
+    return record

@@ -1,0 +1,125 @@
+"""k400ft.plan: the sample of the splits, the projections, the advice (pure), and the whole plan
+on tiny real mp4 files on the CPU (cost.json and cost.md written, every figure there)."""
+
+import json
+from collections import Counter
+
+import pytest
+from test_finetune import DATA, NUM_CLASSES, RECIPE, TINY_ARCH, tiny
+
+from k400ft import plan as P
+
+__all__ = ["tiny"]  # the fixture, shared with test_finetune
+
+
+def test_the_sample_is_spread_over_the_classes_and_seeded():
+    rows = [(f"/v/{label}_{i}.mp4", label) for label in range(4) for i in range(10 + label)]
+    picked = P.sample_rows(rows, 10, seed=3)
+    assert len(picked) == len(set(picked)) == 10
+    assert sorted(Counter(label for _, label in picked).values()) == [2, 2, 3, 3]
+    assert picked == P.sample_rows(rows, 10, seed=3) != P.sample_rows(rows, 10, seed=4)
+    assert sorted(P.sample_rows(rows, 1000)) == sorted(rows)  # never more than there are
+
+
+FIGURES = {
+    "batch_videos": 12,
+    "clips_per_step": 24,
+    "step_s": 0.064,
+    "clips_per_s": 375.0,
+    "val_clips_per_s": 500.0,
+    "workers": 10,
+    "loader_clips_per_s": 35.0,
+    "fed_step_s": 0.686,
+    "fed_clips_per_s": 35.0,
+    "data_wait": 0.94,
+    "augment_on": "workers",
+    "eval_videos_per_s": 20.0,
+}
+
+
+def test_the_projection_counts_steps_accumulation_validation_and_evaluation():
+    p = P.project_run(FIGURES, 48, 150, 4, 240_000, 19_800, 1, 19_800)
+    assert p["accumulation"] == 1 and p["optimiser_steps"] == 5000 * 150
+    train = 750_000 * 0.686 / 3600 + 150 * 19_800 / (500 * 4) / 3600
+    assert p["train_wall_h"] == pytest.approx(train)
+    assert p["train_gpu_h"] == pytest.approx(4 * train)
+    assert p["train_wall_h_model_alone"] == pytest.approx(750_000 * 0.064 / 3600)
+    assert p["eval_wall_h"] == pytest.approx(19_800 / 20 / 3600) == p["eval_gpu_h"]
+    two = P.project_run(FIGURES, 48, 150, 2, 240_000, 19_800)  # accumulation 2
+    assert two["accumulation"] == 2 and two["train_wall_h"] > p["train_wall_h"]
+
+
+def advice(**changes):
+    figures = {**FIGURES, **changes.pop("figures", {})}
+    settings = dict(node_cpus=44, procs_per_node=4, global_batch=48, gpus=4, transcode=False)
+    return P.recommendations(figures, **{**settings, "device": "cuda", **changes})
+
+
+def test_advice_data_bound_within_the_node_names_the_workers_needed():
+    lines = advice(node_cpus=200, figures={"data_wait": 0.5})
+    # 375 clips/s at 3.5 clips/s per worker: 108 workers; 200 cores / 4 processes: 49 each
+    assert "data-bound" in lines[0] and "even with every core" in lines[0]
+    lines = advice(node_cpus=600, figures={"data_wait": 0.5})
+    assert lines == [
+        "data-bound (the step waits for data 50% of its time): raise data.num_workers to 108 "
+        "(this node has 600 cores for 4 process(es): up to 149 workers each)"
+    ]
+
+
+def test_advice_when_the_workers_would_keep_up_alone_blames_shared_cores():
+    (line,) = advice(figures={"data_wait": 0.3, "loader_clips_per_s": 400.0})
+    assert "although its 10 worker(s) make 400.0 clips/s alone" in line
+    assert "give the job more CPUs" in line
+
+
+def test_advice_beyond_the_node_suggests_device_augmentation_and_the_copy():
+    lines = advice()
+    assert "even with every core" in lines[0]
+    assert any("data.augment_on: device" in line for line in lines)
+    assert any("data.transcode" in line for line in lines)
+    lines = advice(transcode=True, figures={"augment_on": "device"})
+    assert len(lines) == 1
+
+
+def test_advice_compute_bound_and_batch_growth():
+    lines = advice(figures={"data_wait": 0.02, "peak_mem_gib": 6.8, "gpu_mem_gib": 139.0})
+    assert lines[0].startswith("compute-bound")
+    # 12 x 0.85 x 139 / 6.8 = 208 fits; the largest divisor of 48 / 4 = 12 is 12: no growth
+    assert len(lines) == 1
+    lines = advice(
+        global_batch=384, figures={"data_wait": 0.02, "peak_mem_gib": 6.8, "gpu_mem_gib": 139.0}
+    )
+    assert "finetune.batch_per_gpu can grow to 96" in lines[1]  # divisor of 384 / 4 = 96
+
+
+def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
+    root, _ = tiny
+    spec = {
+        "models": {
+            "tiny_2d": {"arch": TINY_ARCH, "finetune": {"global_batch": 4, "batch_per_gpu": 2}},
+        },
+        "recipe": {**RECIPE, "epochs": 3},
+        "data": {**DATA, "augment_on": "device"},
+        "evaluate": {"num_segments": 2, "num_crops": 3, "batch_views": 6},
+        "num_classes": NUM_CLASSES,
+        "launch": {
+            "finetune": {"nodes": 1, "procs_per_node": 1, "device": "cpu"},
+            "evaluate": {"nodes": 1, "procs_per_node": 1, "device": "cpu"},
+        },
+        "plan": {"videos": 8, "test_videos": 2, "steps": 3, "warmup": 1},
+        "transcode": False,
+    }
+    record = P.plan(spec, "cpu", root / "train.csv", root / "val.csv", 2, tmp_path / "plan")
+    saved = json.loads((tmp_path / "plan/cost.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    model = saved["models"]["tiny_2d"]
+    figures = model["figures"]
+    assert figures["augment_on"] == "device" and figures["workers"] == 1
+    for key in ("clips_per_s", "fed_clips_per_s", "loader_clips_per_s", "eval_videos_per_s"):
+        assert figures[key] > 0, key
+    assert 0 <= figures["data_wait"] <= 1
+    assert saved["sample"] == {"train_videos": 8, "test_videos": 3}
+    assert saved["launch"]["train_videos"] == 16 and saved["launch"]["test_videos"] == 4
+    assert model["projection"]["optimiser_steps"] == (16 // 4) * 3 and model["advice"]
+    text = (tmp_path / "plan/cost.md").read_text()
+    assert "| tiny_2d | 2 |" in text and "## What to do" in text
