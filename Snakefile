@@ -1,6 +1,7 @@
 # CatMAE vs VideoMAE ViT-S/16 on Kinetics-400: pretrained checkpoints -> splits -> fine-tune
-# -> 5x3-view evaluation -> table, plots and report. The paper run is config.yaml; the
-# embedded demo is `--configfile demo/config.yaml` (README). Nothing here but wiring.
+# -> 5x3-view evaluation -> table, plots and report (`snakemake plan`: their cost, measured
+# first). The paper run is config.yaml; the embedded demo is `--configfile demo/config.yaml`
+# (README). Nothing here but wiring.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -17,9 +18,11 @@ include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/checkpoints.smk"
 include: "rules/data.smk"
+include: "rules/transcode.smk"
 include: "rules/finetune.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/plan.smk"
 
 
 rule all:

@@ -127,6 +127,9 @@ def kinetics_tree(wildcards):
 
 
 # finetune stage
+NOT_FINETUNE_DATA = ("num_workers", "transcode")
+
+
 def finetune_params(model):
     """Exactly what changes the fine-tuned weights (evaluation settings are not here)."""
     spec = config["models"][model]
@@ -134,9 +137,40 @@ def finetune_params(model):
         "arch": spec["arch"],
         "finetune": spec["finetune"],
         "recipe": config["recipe"],
-        "data": {k: v for k, v in config["data"].items() if k != "num_workers"},
+        # not the loader's workers, nor the copies' settings (data.transcode reaches the
+        # fine-tune as its inputs: a paper run without copies keeps exactly these params)
+        "data": {k: v for k, v in config["data"].items() if k not in NOT_FINETUNE_DATA},
         "num_classes": config["kinetics"]["num_classes"],
         "pretrained_format": config["checkpoints"][spec["pretrained"]]["format"],
+    }
+
+
+# transcode stage
+def finetune_split(split):
+    """The fine-tune's train or val CSV: the short-keyframe copies' (data.transcode on)
+    or the splits stage's own. Evaluation always reads the originals."""
+    if config["data"]["transcode"]["enabled"]:
+        return rules.transcode_gather.output[split]
+    return rules.splits.output[split]
+
+
+# plan stage
+def plan_params():
+    """What changes the plan's estimate: the models' sizes and batches, the recipe, the data
+    path (workers and the copies included), the views, the launch and the plan's own sample.
+    """
+    return {
+        "models": {
+            name: {"arch": spec["arch"], "finetune": spec["finetune"]}
+            for name, spec in config["models"].items()
+        },
+        "recipe": config["recipe"],
+        "data": {k: v for k, v in config["data"].items() if k != "transcode"},
+        "transcode": config["data"]["transcode"]["enabled"],
+        "evaluate": config["evaluate"],
+        "num_classes": config["kinetics"]["num_classes"],
+        "launch": config["launch"],
+        "plan": config["plan"],
     }
 
 

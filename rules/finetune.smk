@@ -5,8 +5,8 @@
 
 rule finetune:
     input:
-        train=rules.splits.output.train,
-        val=rules.splits.output.val,
+        train=finetune_split("train"),
+        val=finetune_split("val"),
         pretrained=lambda wc: f"{RESULTS}/checkpoints/{config['models'][wc.model]['pretrained']}.pth",
     output:
         weights=f"{RESULTS}/finetune/{{model}}/final.pt",

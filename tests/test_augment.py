@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_finetune import DATA as FINETUNE_DATA
 from timm.data import auto_augment as AA
 from timm.data.random_erasing import RandomErasing
 from videos import write_pattern_mp4
@@ -26,22 +27,8 @@ from videos import write_pattern_mp4
 from k400ft import augment as A
 from k400ft import video as V
 
-DATA = {
-    "num_frames": 4,
-    "sampling_rate": 2,
-    "input_size": 32,
-    "short_side_size": 32,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "augment": {
-        "rand_augment": "rand-m7-n4-mstd0.5-inc1",
-        "scale": [0.08, 1.0],
-        "ratio": [0.75, 1.3333333333333333],
-        "hflip": 0.5,
-        "reprob": 0.0,
-        "num_sample": 2,
-    },
-}
+# the fine-tune tests' data path without erasing (compared separately) and with 4 frames
+DATA = {**FINETUNE_DATA, "num_frames": 4, "augment": {**FINETUNE_DATA["augment"], "reprob": 0.0}}
 PIL_OPS = {  # timm's pixel function of each RandAugment op of the 'inc1' set
     "AutoContrast": AA.auto_contrast,
     "Equalize": AA.equalize,

@@ -134,6 +134,26 @@ def test_demo_pretext_settings_rerun_checkpoints_not_videos(demo_repo):
     assert counts["demo_checkpoint"] == 2 and counts["finetune"] == 2, counts
 
 
+def test_the_demo_plan_predicts_the_demo_fine_tunes_wall_time(demo_repo, capsys):
+    """`snakemake plan` after the demo: its projection of each 15-epoch fine-tune (measured on
+    a sample, steps and validation) against the fine-tune's measured wall time (Snakemake's
+    benchmark of the job) within a factor of 1.5."""
+    run(demo_repo, "--cores", "2", "plan", timeout=900)
+    results = demo_repo / "results/demo"
+    cost = json.loads((results / "plan/cost.json").read_text())
+    assert (results / "plan/cost.md").read_text().startswith("# Planned cost")
+    lines = []
+    for model in ("catmae_vits16", "videomae_vits16"):
+        tsv = (results / f"benchmarks/finetune/{model}.tsv").read_text().splitlines()
+        measured = float(dict(zip(tsv[0].split("\t"), tsv[1].split("\t"), strict=True))["s"])
+        predicted = 3600 * cost["models"][model]["projection"]["train_wall_h"]
+        lines.append(f"{model}: plan {predicted:.0f} s, fine-tune measured {measured:.0f} s")
+        assert 1 / 1.5 <= predicted / measured <= 1.5, lines[-1]
+        assert cost["models"][model]["advice"], model
+    with capsys.disabled():
+        print("\n[plan] " + "; ".join(lines) + "\n" + (results / "plan/cost.md").read_text())
+
+
 def test_remade_demo_checkpoints_pass_verification(demo_repo):
     """Other pretext settings make other checkpoint bytes; the checkpoint stage must take
     them (its trust-on-first-use record of the old ones goes), not refuse a 'replaced file'.

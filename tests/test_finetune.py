@@ -794,7 +794,8 @@ def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_ref
     assert len(tree) >= 5  # torchrun, 2 trainers, and a loader worker each
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
-    assert alive(set(tree) - {run.pid}, wait=10) == []
+    # at once (1 s: the tiny run's remaining steps take longer, so orphans would still be here)
+    assert alive(set(tree) - {run.pid}, wait=1) == []
     rerun = torchrun(root, spec, "orphans")  # resumes alone: no step twice in the log
     _, stderr = rerun.communicate(timeout=240)
     assert rerun.returncode == 0, stderr[-5000:]

@@ -57,11 +57,12 @@ def write_config(path: Path, edit) -> Path:
     return path
 
 
-def test_paper_dag_dry_run(tmp_path):
-    """The full paper DAG from a K400-shaped tree, no network, no GPU."""
+def paper_dry_run(tmp_path, *targets: str) -> str:
+    """A dry-run of the paper config on a K400-shaped tree (no network, no GPU)."""
     k400 = fake_kinetics(tmp_path / "k400")
-    out = snakemake(
+    return snakemake(
         "-n",
+        *targets,
         "--directory",
         str(tmp_path),
         "--configfile",
@@ -69,10 +70,21 @@ def test_paper_dag_dry_run(tmp_path):
         "--config",
         f"kinetics={{root: {k400}, layout: annotations}}",
     ).stdout
+
+
+def test_paper_dag_dry_run(tmp_path):
+    """The full paper DAG from a K400-shaped tree, no network, no GPU."""
+    out = paper_dry_run(tmp_path)
     assert job_counts(out) == PAPER_JOBS
     for ckpt in ("catmae_vits16_pt300", "videomae_vits16_pt1600", "videomae_vits16_k400_ft"):
         assert f"results/checkpoints/{ckpt}.pth" in out
     assert "results/report/table.md" in out
+
+
+def test_the_plan_target_needs_only_the_splits_never_a_fine_tune(tmp_path):
+    out = paper_dry_run(tmp_path, "plan")
+    assert job_counts(out) == {"splits": 1, "plan": 1}
+    assert "results/plan/cost.md" in out
 
 
 def test_demo_dag_dry_run(tmp_path):
@@ -89,6 +101,8 @@ def test_demo_dag_dry_run(tmp_path):
         "demo_checkpoint": 2,
         "checkpoint": 2,
         "splits": 1,
+        "transcode": 2,  # data.transcode is on in the demo: 2 shards, then the gather
+        "transcode_gather": 1,
         "finetune": 2,
         "evaluate": 2,
         "report": 1,

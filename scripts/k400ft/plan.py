@@ -430,7 +430,7 @@ def recommendations(
             if not transcode:
                 advice.append(
                     "turn on data.transcode: a short-keyframe copy makes each clip's decode "
-                    "cheaper (see README, 'Short-keyframe copy')"
+                    "cheaper (README: short-keyframe copies)"
                 )
     peak, total = figures.get("peak_mem_gib"), figures.get("gpu_mem_gib")
     if peak and total:
