@@ -45,6 +45,11 @@ def test_the_projection_counts_steps_accumulation_validation_and_evaluation():
     assert p["train_gpu_h"] == pytest.approx(4 * train)
     assert p["train_wall_h_model_alone"] == pytest.approx(750_000 * 0.064 / 3600)
     assert p["eval_wall_h"] == pytest.approx(19_800 / 20 / 3600) == p["eval_gpu_h"]
+    started = {**FIGURES, "import_s": 6.0, "build_s": 1.0, "loader_start_s": 1.5}
+    with_start = P.project_run(started, 48, 150, 4, 240_000, 19_800)
+    assert with_start["start_s"] == 10.0  # imports, model, the train and validation loaders
+    assert with_start["train_wall_h"] == pytest.approx(train + 10 / 3600)
+    assert with_start["train_gpu_h"] == pytest.approx(4 * (train + 10 / 3600))
     two = P.project_run(FIGURES, 48, 150, 2, 240_000, 19_800)  # accumulation 2
     assert two["accumulation"] == 2 and two["train_wall_h"] > p["train_wall_h"]
 
@@ -118,6 +123,7 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
     for key in ("clips_per_s", "fed_clips_per_s", "loader_clips_per_s", "eval_videos_per_s"):
         assert figures[key] > 0, key
     assert 0 <= figures["data_wait"] <= 1
+    assert figures["import_s"] > 0 and model["projection"]["start_s"] > figures["import_s"]
     assert saved["sample"] == {"train_videos": 8, "test_videos": 3}
     assert saved["launch"]["train_videos"] == 16 and saved["launch"]["test_videos"] == 4
     assert model["projection"]["optimiser_steps"] == (16 // 4) * 3 and model["advice"]

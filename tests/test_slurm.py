@@ -342,10 +342,11 @@ def test_demo_through_slurm(demo_on_slurm, repo, capsys):
     assert proc.returncode == 0, proc.stdout[-6000:]
     with capsys.disabled():
         print(f"\n[slurm] demo (2 epochs) through SLURM in {seconds:.0f} s")
-    # splits, 2 fine-tunes and 2 evaluations are SLURM jobs; demo data and report are local
-    assert len(SUBMITTED.findall(proc.stdout)) == 5, proc.stdout[-6000:]
+    # splits, the 2 transcode shards (data.transcode is on in the demo), 2 fine-tunes and 2
+    # evaluations are SLURM jobs; demo data, the transcode gather and the report are local
+    assert len(SUBMITTED.findall(proc.stdout)) == 7, proc.stdout[-6000:]
     logs = repo / ".snakemake/slurm_logs"
-    for rule, count in (("splits", 1), ("finetune", 2), ("evaluate", 2)):
+    for rule, count in (("splits", 1), ("transcode", 2), ("finetune", 2), ("evaluate", 2)):
         assert len(list((logs / f"rule_{rule}").rglob("*.log"))) == count, rule
     results = repo / "results/demo"
     for model in ("catmae_vits16", "videomae_vits16"):

@@ -183,8 +183,9 @@ def time_steps(
     function: Callable, batches: Iterable, warmup: int, steps: int, device: torch.device
 ) -> dict:
     """Median and mean seconds per call of function(*batch) after `warmup` calls; with a loader
-    as `batches`, the share of the time spent waiting for it."""
-    times, waits = [], []
+    as `batches`, the share of the time spent waiting for it; and the first call's seconds (a
+    loader's start: its workers and first batch)."""
+    times, waits, first = [], [], 0.0
     iterator = iter(batches)
     for index in range(warmup + steps):
         start = time.perf_counter()
@@ -192,10 +193,13 @@ def time_steps(
         fetched = time.perf_counter()
         function(*batch)
         synchronize(device)
+        if index == 0:
+            first = time.perf_counter() - start
         if index >= warmup:
             times.append(time.perf_counter() - start)
             waits.append(fetched - start)
     return {
+        "first_s": first,
         "step_s": statistics.median(times),
         "mean_s": sum(times) / len(times),
         "data_wait": sum(waits) / sum(times),
@@ -253,7 +257,9 @@ def measure_model(
 ) -> dict:
     """Every figure of one model at one setting. spec: {arch, recipe, data, num_classes}."""
     clips_per_step = batch * spec["data"]["augment"]["num_sample"]
+    built = time.perf_counter()
     trainer = Trainer(spec, device, precision, compile_model, channels_last)
+    built = time.perf_counter() - built
     forward_flops, train_flops = model_flops(spec["arch"], spec["num_classes"])
     peak, peak_source = peak_flops(device, trainer.precision)
     if device.type == "cuda":
@@ -274,6 +280,7 @@ def measure_model(
         "step_s": synthetic["step_s"],
         "clips_per_s": clips_per_step / synthetic["step_s"],
         "peak_source": peak_source,
+        "build_s": built,
     }
     result["mfu"] = result["clips_per_s"] * train_flops / peak
     val = time_steps(
@@ -286,6 +293,7 @@ def measure_model(
             alone = time_steps(lambda *b: None, endless(loader), 1, loader_batches, device)
             result["workers"] = workers
             result["loader_clips_per_s"] = clips_per_step / alone["mean_s"]
+            result["loader_start_s"] = alone["first_s"]
             fed = time_steps(trainer.fed_step, endless(loader), warmup, steps, device)
         finally:
             video.close_loaders(loader)
@@ -350,9 +358,16 @@ def project_run(
     unit: str = "GPU",
 ) -> dict:
     """Wall hours and GPU-hours of the whole fine-tune (accumulation x the loader-fed micro-step
-    when measured, else the model alone; per-epoch validation at the forward rate) and of the
-    evaluation (at the measured videos/s per GPU), on `gpus` (`eval_gpus`) processes."""
+    when measured, else the model alone; per-epoch validation at the forward rate; plus the
+    fixed start: the process's imports and model build, the train and validation loaders'
+    start) and of the evaluation (at the measured videos/s per GPU), on `gpus` (`eval_gpus`)
+    processes."""
     batch = figures["batch_videos"]
+    fixed_s = (
+        figures.get("import_s", 0.0)
+        + figures.get("build_s", 0.0)
+        + 2 * figures.get("loader_start_s", 0.0)
+    )
     accumulation = ft.accumulation_steps(global_batch, batch, gpus)
     micro = figures.get("fed_step_s", figures["step_s"])
     fed = ft.project_cost(
@@ -370,8 +385,9 @@ def project_run(
     )
     result = {
         "accumulation": accumulation,
-        "train_wall_h": fed.wall_hours,
-        "train_gpu_h": fed.gpu_hours,
+        "train_wall_h": fed.wall_hours + fixed_s / 3600,
+        "train_gpu_h": fed.gpu_hours + gpus * fixed_s / 3600,
+        "start_s": fixed_s,
         "train_wall_h_model_alone": alone.wall_hours,
         "optimiser_steps": fed.steps_total,
         "describe": fed.describe(),
@@ -447,6 +463,16 @@ def recommendations(
     return advice
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+
+
 def sample_rows(rows: list[tuple[str, int]], count: int, seed: int = 0) -> list[tuple[str, int]]:
     """Up to `count` rows spread over the classes: round-robin over the labels (sorted), each
     label's rows in a seeded random order."""
@@ -510,6 +536,7 @@ def plan(
     spec: {models: {name: {arch, finetune: {global_batch, batch_per_gpu}}}, recipe, data,
     evaluate, num_classes, launch: {finetune, evaluate}, plan: {videos, test_videos, steps,
     warmup}}."""
+    import_s = process_age()  # a fine-tune process pays the same imports before it starts
     torch_device = torch.device(device)
     if torch_device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -574,6 +601,7 @@ def plan(
                 workers=workers,
             )
             figures.update(measure_evaluation(model_spec, torch_device, test_sample, workers))
+            figures["import_s"] = import_s
             projection = project_run(
                 figures,
                 model["finetune"]["global_batch"],
