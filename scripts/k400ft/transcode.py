@@ -102,7 +102,8 @@ class Settings:
 
     def x264_options(self) -> dict[str, str]:
         """A keyframe (IDR) exactly every keyint frames: keyint_min = keyint and no scene-cut
-        keyframes (sc_threshold 0), so the worst-case decode of a clip is known. One encoder
+        keyframes (sc_threshold 0), so the worst-case decode of a clip is known; mbtree off, so
+        that a copy is the same bytes every time it is made. One encoder
         thread: a shard runs one encoder per core, which costs fewer core-seconds than
         x264's threading on K400's small frames."""
         options = {
@@ -112,6 +113,10 @@ class Settings:
             "keyint_min": str(self.keyint),
             "sc_threshold": "0",
             "threads": "1",
+            # no macroblock-tree ratecontrol: with it, one-threaded x264 (libx264 core 165, as
+            # PyAV ships it) gave copies whose frames differed from run to run, and so did the
+            # demo's numbers; without it each copy is a function of its source
+            "x264-params": "mbtree=0",
         }
         if self.tune != "none":
             options["tune"] = self.tune
