@@ -66,7 +66,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -514,12 +514,7 @@ class Finetune:
         )
         # persistent workers (video.make_loader): the sampler is iterated in this process, the
         # epoch reaches the workers through the datasets' shared memory (set_epoch)
-        self.train_loader = self._loader(
-            self.train_set,
-            self.sampler,
-            stream=0,
-            collate=video.train_collate if self.augmenter is None else video.train_collate_frames,
-        )
+        self.train_loader = self._loader(self.train_set, self.sampler, stream=0)
         self.val_loader = self._loader(
             self.val_set, ShardSampler(len(self.val_set), info.world_size, info.rank), stream=1
         )
@@ -675,18 +670,16 @@ class Finetune:
             enabled=self.plan.precision != "fp32",
         )
 
-    def _loader(
-        self, dataset, sampler: Sampler, stream: int, collate: Callable = video.train_collate
-    ) -> DataLoader:
+    def _loader(self, dataset, sampler: Sampler, stream: int) -> DataLoader:
         """Batches of (clips [batch x num_sample, 3, T, S, S], labels, video index), the clips
         of one video adjacent (upstream's `multiple_samples_collate`); or, for augmentation on
-        the device, `video.train_collate_frames` batches."""
+        the device, `video.train_collate_frames` batches (the dataset's `collate`)."""
         return video.make_loader(
             dataset,
             batch_size=self.plan.batch_per_gpu,
             sampler=sampler,
             num_workers=self.data_cfg["num_workers"],
-            collate_fn=collate,
+            collate_fn=dataset.collate,
             device=self.device,
             seed=loader_seed(self.recipe["seed"], self.info.rank, stream),
         )

@@ -222,7 +222,7 @@ def train_loader(spec: dict, csv: Path, batch: int, workers: int, device: torch.
         batch_size=batch,
         shuffle=True,
         num_workers=workers,
-        collate_fn=video.train_collate if placement == "workers" else video.train_collate_frames,
+        collate_fn=dataset.collate,
         device=device,
         drop_last=True,
     )

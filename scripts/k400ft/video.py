@@ -488,6 +488,10 @@ class TrainDataset(_SplitVideos):
         self.augmenter = (
             augment.ClipAugmenter(data_cfg) if apply_augment and mode == "train" else None
         )
+        # how a loader batches these items: clips, or (augmentation on the device) frames
+        self.collate = (
+            train_collate_frames if self.sampler and not self.augmenter else train_collate
+        )
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
