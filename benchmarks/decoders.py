@@ -22,11 +22,19 @@ decode each distinct frame once (sorted) to [T, H, W, 3] uint8 RGB in a numpy ar
                           scans the file's packets when it opens it)
   torchcodec-approximate  VideoDecoder(seek_mode="approximate"): frame positions from the
                           header's frame rate, no scan
-  pyav                    av: seek to the keyframe before the first index, decode forward,
-                          keep the wanted frames, to_ndarray("rgb24")
+  pyav                    `data.decoder: pyav` (k400ft.decoders.PyAVVideo): decord's frame
+                          numbering from a packet scan, one seek by pts, decode forward,
+                          to_ndarray("rgb24") of the wanted frames
 
 For each decoder: median and total CPU time per item, the ratio to decord, and whether its
 frames are bit-identical to decord's (else max |diff| and the fraction of differing pixels).
+--variants (default on): the same comparison on the files tests/videos.py VARIANTS writes at
+the same size (what a Kinetics-400 tree can hold: 29.97 fps with B-frames, an audio track,
+variable frame rate, a late start, full-range BT.709, open GOPs, MPEG-4 Part 2, Matroska, VP9
+WebM), with a ground truth: every frame decoded in order, no seek (PyAV's plain decode loop).
+For each decoder, how many returned frames are the ground truth's frame at that index, and for
+the others how far off they are (the index of the identical ground-truth frame).
+
 Then a profile of one train item, end to end, for decord (open, len, indices, get_batch,
 asnumpy, close; and get_batch split into the seek + decode up to the first wanted frame and the
 decode of the rest) and for PyAV, whose steps can be separated further (demuxer open, seek,
@@ -56,8 +64,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from data_throughput import make_videos  # noqa: E402
+from data_throughput import k400_like_frames, make_videos  # noqa: E402
+from videos import VARIANTS, write_variant  # noqa: E402
 
+from k400ft import decoders as decoders_module  # noqa: E402
 from k400ft import video  # noqa: E402
 
 try:
@@ -117,40 +127,11 @@ def torchcodec_decoder(seek_mode: str) -> Callable[[str, Indexer], tuple[np.ndar
     return decode
 
 
-def pyav_frame_count(stream: av.video.stream.VideoStream) -> int:
-    if stream.frames:
-        return int(stream.frames)
-    return int(round(float(stream.duration * stream.time_base * stream.average_rate)))
-
-
 def decode_pyav(path: str, indexer: Indexer) -> tuple[np.ndarray, np.ndarray]:
-    """Seek to the keyframe at or before the first index, decode forward, keep the wanted
-    frames. Frame i is the one at pts start + i * (1 / frame rate): exact for constant-rate
-    files such as ours and K400's; a missing frame raises (a variable-rate file needs the
-    packet scan that torchcodec's exact mode does)."""
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        indices = indexer(pyav_frame_count(stream))
-        unique, inverse = unique_sorted(indices)
-        start = stream.start_time or 0
-        step = 1 / (stream.average_rate * stream.time_base)  # pts per frame
-        container.seek(
-            start + int(round(unique[0] * step)), stream=stream, backward=True, any_frame=False
-        )
-        wanted, last = set(unique.tolist()), int(unique[-1])
-        found = {}
-        for frame in container.decode(stream):
-            number = int(round((frame.pts - start) / step))
-            if number in wanted:
-                found[number] = frame.to_ndarray(format="rgb24")
-            if number >= last:
-                break
-    missing = wanted - found.keys()
-    if missing:
-        raise RuntimeError(f"{path}: PyAV found no frame at {sorted(missing)[:5]}")
-    frames = np.stack([found[i] for i in unique.tolist()])
-    return indices, frames if inverse is None else frames[inverse]
+    """What `data.decoder: pyav` does (k400ft.decoders.PyAVVideo)."""
+    reader = video.open_video(path, "pyav")
+    indices = indexer(len(reader))
+    return indices, video.read_frames(reader, indices)
 
 
 def decoders(names: list[str]) -> tuple[dict[str, Callable], list[str]]:
@@ -242,6 +223,74 @@ def measure(
     return results
 
 
+def ground_truth(path: str) -> np.ndarray:
+    """Every frame of `path` in display order, decoded in one pass from the start (no seek)."""
+    with av.open(path) as container:
+        stream = container.streams.best("video")
+        stream.codec_context.thread_count = 1
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(stream)])
+
+
+def offset(truth: np.ndarray, index: int, frame: np.ndarray) -> int | None:
+    """Which ground-truth frame `frame` is, relative to `index` (the nearest identical one;
+    None: none is identical)."""
+    if index < len(truth) and np.array_equal(truth[index], frame):
+        return 0
+    same = [i for i in range(len(truth)) if np.array_equal(truth[i], frame)]
+    return min((i - index for i in same), key=abs) if same else None
+
+
+def measure_variants(
+    folder: Path, chosen: dict[str, Callable], draws: int, seed: int
+) -> list[tuple[str, str, dict[str, tuple[Stats, list[int]]]]]:
+    """Per VARIANTS file (300 frames, 320 x 568): per decoder, Stats of its train and test
+    items (vs decord) and the offsets of its returned frames from the frames asked for
+    (0: right; None: no identical ground-truth frame)."""
+    frames = k400_like_frames(300, 320, 568, seed=7)
+    rows = []
+    for name, (suffix, what) in VARIANTS.items():
+        path = folder / f"variant_{name}{suffix}"
+        if not path.exists():
+            write_variant(path, name, frames)
+        truth = ground_truth(str(path))
+        by_decoder = {decoder: (Stats(), []) for decoder in chosen}
+
+        def indexer(draw: int) -> Indexer:  # a fresh, equal generator per decoder
+            if draw == draws:
+                return lambda n: video.test_frame_indices(n, NUM_FRAMES, SAMPLING_RATE)
+            rng = np.random.default_rng([seed, draw])
+            return lambda n: video.train_frame_indices(n, rng, NUM_FRAMES, SAMPLING_RATE)
+
+        for draw in range(draws + 1):  # the train items, then the test item
+            reference = None
+            for decoder, decode in chosen.items():
+                stats, offsets = by_decoder[decoder]
+                start = time.process_time()
+                indices, got = decode(str(path), indexer(draw))
+                stats.seconds.append(time.process_time() - start)
+                offsets.extend(
+                    offset(truth, index, frame) for index, frame in zip(indices, got, strict=True)
+                )
+                if reference is None:
+                    reference = indices, got
+                else:
+                    stats.compare(indices, got, *reference)
+        rows.append((name, what, by_decoder))
+    return rows
+
+
+def right_frames(offsets: list[int | None]) -> str:
+    wrong = [o for o in offsets if o != 0]
+    if not wrong:
+        return f"all {len(offsets)}"
+    known = [abs(o) for o in wrong if o is not None]
+    far = f", off by up to {max(known)} frames" if known else ""
+    unknown = sum(o is None for o in wrong)
+    return f"{len(offsets) - len(wrong)} of {len(offsets)}{far}" + (
+        f", {unknown} not any decoded frame" if unknown else ""
+    )
+
+
 def median_steps(runs: list[dict[str, float]]) -> dict[str, float]:
     return {step: float(np.median([run[step] for run in runs])) for step in runs[0]}
 
@@ -307,43 +356,21 @@ def profile_decord(path: str, seed: int, repeats: int) -> tuple[dict, dict, dict
 
 
 def profile_pyav(path: str, seed: int, repeats: int) -> dict[str, float]:
-    """The same item with PyAV, step by step (decode_pyav's work, YUV kept until the end)."""
+    """The same item with `data.decoder: pyav`: open (demuxer, codec, the packet scan), then
+    frames() (seek to the keyframe, decode forward, convert the wanted frames, close)."""
     runs = []
     for _ in range(repeats):
         steps = {}
         t = time.process_time()
-        container = av.open(path)
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        n = pyav_frame_count(stream)
-        steps["open (demuxer, codec)"] = time.process_time() - t
+        reader = decoders_module.PyAVVideo(path)
+        steps["open + scan of every packet"] = time.process_time() - t
         t = time.process_time()
-        indices = video.train_frame_indices(n, np.random.default_rng([seed, 0, 0]))
+        indices = video.train_frame_indices(len(reader), np.random.default_rng([seed, 0, 0]))
         unique, _ = unique_sorted(indices)
-        start = stream.start_time or 0
-        step = 1 / (stream.average_rate * stream.time_base)
-        container.seek(
-            start + int(round(unique[0] * step)), stream=stream, backward=True, any_frame=False
-        )
-        steps["indices + seek"] = time.process_time() - t
+        steps["indices (+ np.unique)"] = time.process_time() - t
         t = time.process_time()
-        wanted, last, kept = set(unique.tolist()), int(unique[-1]), []
-        for frame in container.decode(stream):
-            number = int(round((frame.pts - start) / step))
-            if number in wanted:
-                kept.append(frame)
-            if number >= last:
-                break
-        steps["decode to YUV (keyframe .. last)"] = time.process_time() - t
-        t = time.process_time()
-        rgb = [frame.to_ndarray(format="rgb24") for frame in kept]
-        steps["YUV -> RGB (swscale, wanted frames)"] = time.process_time() - t
-        t = time.process_time()
-        np.stack(rgb)
-        steps["stack (copy)"] = time.process_time() - t
-        t = time.process_time()
-        container.close()
-        steps["close"] = time.process_time() - t
+        reader.frames(unique)
+        steps["frames(): seek, decode, to RGB, close"] = time.process_time() - t
         runs.append(steps)
     return median_steps(runs)
 
@@ -399,6 +426,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile-repeats", type=int, default=5)
+    parser.add_argument(
+        "--variants",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also compare on tests/videos.py's VARIANTS files",
+    )
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "k400ft_bench_videos"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -475,6 +508,31 @@ def main() -> None:
             f"and {decoded * 1e3:.1f} ms seek + decode of {info['decoded']} frames "
             f"({decoded / info['decoded'] * 1e3:.2f} ms each)\n"
         )
+    if args.variants:
+        rows = measure_variants(Path(args.dir), chosen, args.draws, args.seed)
+        print(
+            f"variants (300 frames 320x568, {args.draws} train items + 1 test item each): CPU ms "
+            "per item (median), frames vs decord, and frames that are the one asked for "
+            "(ground truth: every frame decoded in order)"
+        )
+        header = (
+            f"{'variant':11s} {'decoder':22s} {'median ms':>9s} {'vs decord':>9s}  "
+            f"{'frames vs decord':32s} right frames"
+        )
+        print(header)
+        print("-" * len(header))
+        for name, _, by_decoder in rows:
+            base = np.median(by_decoder["decord"][0].seconds)
+            for decoder, (stats, offsets) in by_decoder.items():
+                median = np.median(stats.seconds)
+                identity = "(reference)" if decoder == "decord" else stats.identity()
+                print(
+                    f"{name:11s} {decoder:22s} {median * 1e3:9.1f} {median / base:8.2f}x  "
+                    f"{identity:32s} {right_frames(offsets)}"
+                )
+        print()
+        for name, what, _ in rows:
+            print(f"  {name}: {what}")
     print(f"total {time.perf_counter() - started:.0f} s wall")
 
 

@@ -8,7 +8,7 @@ import shutil
 
 import make_splits
 import pytest
-from videos import write_pattern_mp4
+from videos import frame_pattern, write_pattern_mp4, write_variant
 
 from k400ft import splits as S
 from k400ft.video import read_split_csv
@@ -293,3 +293,24 @@ def test_script_exit_status_and_outputs(tmp_path, sources, capsys):
     bad = json.dumps(_kinetics(root, num_classes=4))
     assert make_splits.main(["--kinetics", bad, *args[:-1], str(tmp_path / "o2")]) == 1
     assert "num_classes is 4" in capsys.readouterr().err
+
+
+def test_summary_counts_the_videos_decord_misnumbers(tmp_path, sources):
+    """An open-GOP file is kept (decord reads it) and counted: decord can return a neighbouring
+    frame after a seek in it (README, Video decoders); the count survives the probe cache."""
+    open_gop = write_variant(tmp_path / "open_gop.mp4", "open_gop", frame_pattern(60, 48, 64))
+    root = tmp_path / "k400"
+    for split in ("train", "val"):
+        _put(sources, "long", root / split / "abseiling" / "x.mp4")
+        (root / split / "zumba").mkdir(parents=True)
+        shutil.copyfile(open_gop, root / split / "zumba" / "y.mp4")
+    kinetics = _kinetics(root, "class_folders", num_classes=2)
+    first = S.make_splits(kinetics, tmp_path / "cache", 1, tmp_path / "out", pool="thread")
+    for split in ("train", "val"):
+        assert first["splits"][split]["kept"] == 2
+        assert first["splits"][split]["decord_misnumbers"] == 1
+        assert first["splits"][split]["pyav_cannot_open"] == 0
+    cached = json.loads((tmp_path / "cache" / "probe.json").read_text())["entries"]
+    assert sorted(entry[-1] for entry in cached.values()) == [False, False, True, True]
+    again = S.make_splits(kinetics, tmp_path / "cache", 1, tmp_path / "out2", pool="thread")
+    assert again["splits"] == first["splits"]

@@ -316,7 +316,7 @@ def test_transcode_off_leaves_the_paper_dag_as_it_was(tmp_path):
     assert all(set(json.loads(s)["data"]) == PAPER_FINETUNE_DATA for s in specs)
 
 
-# the data keys a paper fine-tune's params held before the transcode stage existed
+# the data keys a paper fine-tune's params hold: the transcode settings are never among them
 PAPER_FINETUNE_DATA = {
     "num_frames",
     "sampling_rate",
@@ -326,6 +326,7 @@ PAPER_FINETUNE_DATA = {
     "std",
     "augment",
     "augment_on",
+    "decoder",
 }
 
 

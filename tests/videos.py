@@ -11,6 +11,7 @@ decode correctly. The splits probe drops such files ("undecodable").
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -71,6 +72,75 @@ def write_mp4(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+# Files shaped like the ones a Kinetics-400 tree holds (YouTube downloads, re-encodes), each
+# with what a decoder can get wrong: name -> (suffix, what it is). `write_variant` writes one.
+VARIANTS = {
+    "cfr": (".mp4", "H.264, 29.97 fps, B-frames, closed GOPs (x264's default)"),
+    "audio": (".mp4", "the same with an AAC audio track interleaved"),
+    "vfr": (".mp4", "variable frame rate: frame durations of 1/60 to 1/15 s"),
+    "late_start": (".mp4", "first frame at 0.5 s (an edit list)"),
+    "full_range": (".mp4", "full-range YUV (yuvj420p) tagged BT.709"),
+    "open_gop": (
+        ".mp4",
+        "open GOPs: B-frames before a keyframe in display order, after it in "
+        "the file; a keyframe every 12 frames",
+    ),
+    "mpeg4": (".mp4", "MPEG-4 Part 2 with B-frames"),
+    "mkv": (".mkv", "H.264 with B-frames in Matroska (seeks by pts)"),
+    "webm": (".webm", "VP9 in WebM"),
+}
+
+
+def write_variant(path: str | Path, name: str, frames: np.ndarray, gop: int = 250) -> Path:
+    """Encode [T, H, W, 3] uint8 RGB frames as the VARIANTS file `name` (path: its suffix
+    included). gop: keyframe interval where the variant does not fix it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    num, height, width, _ = np.asarray(frames).shape
+    codec, pix_fmt = "libx264", "yuv420p"
+    options = {"crf": "20", "preset": "veryfast", "g": str(gop), "keyint_min": str(min(gop, 25))}
+    clock, step = Fraction(1, 30000), 1001  # 29.97 fps
+    pts = np.arange(num) * step
+    if name == "vfr":
+        durations = np.random.default_rng(0).choice([500, 1001, 1500, 2002], num - 1)
+        pts = np.concatenate([[0], np.cumsum(durations)])
+    elif name == "late_start":
+        pts = pts + 15015
+    elif name == "full_range":
+        options["x264-params"] = "fullrange=on:colorprim=bt709:transfer=bt709:colormatrix=bt709"
+        pix_fmt = "yuvj420p"
+    elif name == "open_gop":
+        options.update(g="12", keyint_min="12", **{"x264-params": "open-gop=1:bframes=3"})
+    elif name == "mpeg4":
+        codec, options = "mpeg4", {"qscale": "4", "bf": "2", "g": str(gop)}
+    elif name == "webm":
+        codec = "libvpx-vp9"
+        options = {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8", "g": str(gop)}
+    elif name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}: {sorted(VARIANTS)}")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=Fraction(30000, 1001), options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.codec_context.time_base = stream.time_base = clock
+        audio = container.add_stream("aac", rate=44100) if name == "audio" else None
+        samples = 0
+        for number, rgb in enumerate(np.asarray(frames, dtype=np.uint8)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = int(pts[number]), clock
+            container.mux(stream.encode(frame))
+            while audio is not None and samples < (pts[number] + step) * clock * 44100:
+                silence = av.AudioFrame.from_ndarray(
+                    np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+                )
+                silence.sample_rate, silence.pts = 44100, samples
+                container.mux(audio.encode(silence))
+                samples += 1024
+        container.mux(stream.encode())
+        if audio is not None:
+            container.mux(audio.encode())
     return path
 
 

@@ -17,7 +17,8 @@ same label indices as the official names (and as released fine-tuned heads).
 
 Outputs (all written only after everything is known, each atomically): train.csv, val.csv,
 test.csv (k400ft.video.write_split_csv), labels.csv (index,name), dropped.csv
-(split,path,reason), summary.json.
+(split,path,reason), summary.json (per split: counts, frames, sizes, and how many kept videos
+decord misnumbers after a seek or PyAV cannot open: README, "Video decoders").
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from k400ft.decoders import PyAVVideo
 from k400ft.io import atomic_write
 from k400ft.video import describe_error, open_video, read_frames, write_split_csv
 
@@ -61,7 +63,7 @@ TRAIN_SPAN = 64
 # swaps in another video, so it never trains or tests on them: we drop them here.
 MIN_BYTES = 1024
 ANNOTATION_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: + decord_misnumbers
 CACHE_SAVE_SECONDS = 60.0
 
 
@@ -86,6 +88,9 @@ class Probe:
     frames: int = 0
     height: int = 0
     width: int = 0
+    # of a usable file, from PyAV's scan of its packets (k400ft.decoders): True = decord can
+    # return a neighbouring frame after a seek in it (open GOPs); None = PyAV cannot open it
+    decord_misnumbers: bool | None = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +309,13 @@ def probe_video(path: str) -> Probe:
         return Probe(
             f"undecodable: decord returns frames of shape {first.shape[1:]}, not H x W x 3"
         )
-    return Probe(None, frames, int(first.shape[1]), int(first.shape[2]))
+    try:
+        scan = PyAVVideo(path)
+        misnumbers = scan.decord_misnumbers
+        scan.close()
+    except Exception:  # a file only decord opens: counted, it stays in the splits
+        misnumbers = None
+    return Probe(None, frames, int(first.shape[1]), int(first.shape[2]), misnumbers)
 
 
 def _load_cache(path: Path) -> dict[str, list]:
@@ -373,7 +384,7 @@ def probe_videos(
 
     def remember() -> None:
         entries = {
-            path: keys[path] + [p.reason, p.frames, p.height, p.width]
+            path: keys[path] + [p.reason, p.frames, p.height, p.width, p.decord_misnumbers]
             for path, p in results.items()
             if path in keys
         }
@@ -477,6 +488,9 @@ def _split_summary(entries: list[Listed], probes: dict[str, Probe], kept: list[L
         "short_kept": sum(f <= TRAIN_SPAN for f in frames),
         "frames": {"min": min(frames), "median": statistics.median(frames), "max": max(frames)},
         "sizes_hxw": dict(sizes.most_common(5)),
+        # README "Video decoders": kept videos decord misnumbers after a seek / PyAV cannot open
+        "decord_misnumbers": sum(probes[e.path].decord_misnumbers is True for e in kept),
+        "pyav_cannot_open": sum(probes[e.path].decord_misnumbers is None for e in kept),
     }
 
 
@@ -536,6 +550,14 @@ def make_splits(
     summary["classes_without_train_videos"] = empty
     if empty:
         LOG.warning("%d classes have no usable train video: %s", len(empty), empty[:10])
+    misnumbered = sum(summary["splits"][split]["decord_misnumbers"] for split in SPLITS)
+    if misnumbered:
+        LOG.warning(
+            "%d train/val videos have open GOPs (or B-frames before their keyframes): decord "
+            "returns a neighbouring frame after a seek in them; data.decoder: pyav reads them "
+            "right (README, Video decoders)",
+            misnumbered,
+        )
     for split in SPLITS:
         s = summary["splits"][split]
         LOG.info(

@@ -23,9 +23,10 @@ Upstream, as we reproduce it:
   along the long side (along H for a square frame).
 
 How we make it fast without changing a pixel: every video is opened once per item and its
-distinct frame indices are decoded once, in increasing order (decord's `get_batch` seeks once
-and decodes forward); the test path decodes once and slices all views (upstream decodes the
-video once per view). decord runs with one thread per DataLoader worker.
+distinct frame indices are decoded once, in increasing order (one seek, then a forward decode);
+the test path decodes once and slices all views (upstream decodes the video once per view).
+The decoder (`data.decoder`: decord, as upstream, or PyAV: `decoders.py`) runs with one thread
+per DataLoader worker.
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from decord import VideoReader, cpu
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from k400ft import augment
 from k400ft.augment import random_resized_crop_box
+from k400ft.decoders import DECODERS, open_video, read_frames
 from k400ft.io import atomic_write, die_with_parent
 
 LOG = logging.getLogger("k400ft.video")
@@ -237,28 +238,6 @@ def test_crop_offsets(
 # --------------------------------------------------------------------------------------------
 # Decoding and pixel operations
 # --------------------------------------------------------------------------------------------
-def open_video(path: str) -> VideoReader:
-    """A decord reader on the CPU with ONE decoding thread (parallelism = DataLoader workers).
-
-    Drop the reader as soon as its frames are read: while it lives, decord's native thread
-    keeps decoding ahead (measured: 0.18 s of CPU during 0.5 s of idling after a get_batch),
-    which steals the core from the augmentations that follow."""
-    return VideoReader(str(path), ctx=cpu(0), num_threads=1)
-
-
-def read_frames(reader: VideoReader, indices: np.ndarray) -> np.ndarray:
-    """Frames at `indices` as [len(indices), H, W, 3] uint8, each distinct frame decoded once.
-
-    The distinct indices go to `get_batch` sorted, so decord seeks once and decodes forward;
-    repeated indices (padding) are filled in afterwards.
-    """
-    unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
-    batch = reader.get_batch(unique.tolist()).asnumpy()
-    if len(unique) == len(indices) and np.array_equal(unique, indices):
-        return batch
-    return batch[inverse.reshape(-1)]
-
-
 def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
     """[T, 3, H, W] uint8 -> short side `size` (`resized_short_side`), bilinear, uint8.
 
@@ -443,6 +422,9 @@ class _SplitVideos(Dataset):
         self.short_side_size = int(data_cfg["short_side_size"])
         self.mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
         self.std = torch.tensor(data_cfg["std"], dtype=torch.float32)
+        self.decoder = str(data_cfg.get("decoder", "decord"))
+        if self.decoder not in DECODERS:
+            raise ValueError(f"data.decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -499,7 +481,7 @@ class TrainDataset(_SplitVideos):
 
     def load(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """The decoded frames [T, H, W, 3] uint8 of video `index`, one temporal window."""
-        reader = open_video(self.path(index))
+        reader = open_video(self.path(index), self.decoder)
         if len(reader) < 1:
             raise ValueError("no frames")
         indices = train_frame_indices(len(reader), rng, self.num_frames, self.sampling_rate)
@@ -575,7 +557,7 @@ class TestDataset(_SplitVideos):
 
     def load(self, index: int) -> np.ndarray:
         """Every sampling_rate-th frame of video `index` (padded), [T, H, W, 3] uint8."""
-        reader = open_video(self.path(index))
+        reader = open_video(self.path(index), self.decoder)
         if len(reader) < 1:
             raise ValueError("no frames")
         return read_frames(
