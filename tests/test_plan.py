@@ -129,3 +129,36 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
     assert model["projection"]["optimiser_steps"] == (16 // 4) * 3 and model["advice"]
     text = (tmp_path / "plan/cost.md").read_text()
     assert "| tiny_2d | 2 |" in text and "## What to do" in text
+    compared = saved["decoders"]
+    assert compared["items"] == 8 + 3 and compared["differing"] == 0  # x264 closed GOPs
+    assert compared["cannot_read"] == {"decord": 0, "pyav": 0}
+    for name in ("decord", "pyav"):
+        assert all(ms > 0 for ms in compared["ms_per_item"][name].values())
+        assert f"| {name} |" in text
+    assert saved["launch"]["decoder"] == "decord"
+
+
+def compared(differing=0, cannot_read=(0, 0), train=(80.0, 68.0), test=(200.0, 140.0)):
+    return {
+        "items": 20,
+        "ms_per_item": {
+            "decord": {"train": train[0], "test": test[0]},
+            "pyav": {"train": train[1], "test": test[1]},
+        },
+        "cannot_read": dict(zip(("decord", "pyav"), cannot_read, strict=True)),
+        "differing": differing,
+        "differing_videos": ["/k/a.mp4"] * differing,
+    }
+
+
+def test_decoder_advice_follows_the_comparison():
+    [same] = P.decoder_advice(compared(), "decord")
+    assert "data.decoder: pyav gives the same frames on all 20" in same
+    assert "15% less CPU per train item and 30% per test item" in same
+    assert P.decoder_advice(compared(), "pyav") == []
+    assert P.decoder_advice(compared(train=(60.0, 70.0)), "decord") == []
+    [differ] = P.decoder_advice(compared(differing=3), "decord")
+    assert "different frames for 3 of 20" in differ and differ.endswith("set data.decoder: pyav")
+    assert "/k/a.mp4" in differ
+    [lost] = P.decoder_advice(compared(differing=1, cannot_read=(1, 3)), "pyav")
+    assert "PyAV cannot read 2 sampled video(s)" in lost and "keep data.decoder: decord" in lost

@@ -11,7 +11,8 @@ evaluation stage's own loop (`evaluate.run_shard`: every view of a video, decode
 video; `project_run` turns the figures into the wall time and GPU-hours of the whole run for
 the configured GPU count (data parallel, assuming linear scaling: one all-reduce of 22M
 parameters per optimiser step is small next to a step); `recommendations` says what follows
-from them.
+from them. `compare_decoders` decodes the sampled videos with both `data.decoder` choices
+(CPU per item, and the items whose frames differ) and `decoder_advice` says which to use.
 
 `plan` (scripts/plan.py) runs all of it on a sample of the user's own train and test videos
 and writes `cost.json` and `cost.md`.
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from k400ft import augment, distributed, evaluate, video
+from k400ft import augment, decoders, distributed, evaluate, video
 from k400ft import finetune as ft
 from k400ft.io import atomic_write
 from k400ft.models import build_model
@@ -463,6 +464,84 @@ def recommendations(
     return advice
 
 
+def compare_decoders(
+    train_rows: list[tuple[str, int]], test_rows: list[tuple[str, int]], data_cfg: dict
+) -> dict[str, Any]:
+    """Each sampled video decoded by every decoder, as the data path does (open, count, the
+    train window of a seeded draw or the test indices, the frames): median CPU ms per train
+    and per test item, videos a decoder cannot read, and the items whose frames differ."""
+    num_frames, rate = int(data_cfg["num_frames"]), int(data_cfg["sampling_rate"])
+    seconds = {name: {"train": [], "test": []} for name in decoders.DECODERS}
+    failed = dict.fromkeys(decoders.DECODERS, 0)
+    differing: list[str] = []
+    items = [("train", n, path) for n, (path, _) in enumerate(train_rows)]
+    items += [("test", n, path) for n, (path, _) in enumerate(test_rows)]
+    for kind, number, path in items:
+        frames = {}
+        for name in decoders.DECODERS:
+            start = time.process_time()
+            try:
+                reader = decoders.open_video(path, name)
+                count = len(reader)
+                if kind == "train":
+                    rng = np.random.default_rng([0, number])
+                    indices = video.train_frame_indices(count, rng, num_frames, rate)
+                else:
+                    indices = video.test_frame_indices(count, num_frames, rate)
+                frames[name] = decoders.read_frames(reader, indices)
+                del reader
+            except Exception:  # any decoder error: this decoder cannot read the file
+                failed[name] += 1
+                continue
+            seconds[name][kind].append(time.process_time() - start)
+        if len(frames) == len(decoders.DECODERS):
+            first, *others = frames.values()
+            if any(not np.array_equal(first, other) for other in others):
+                differing.append(path)
+    return {
+        "items": len(items),
+        "ms_per_item": {
+            name: {
+                kind: 1e3 * statistics.median(values) if values else None
+                for kind, values in by_kind.items()
+            }
+            for name, by_kind in seconds.items()
+        },
+        "cannot_read": failed,
+        "differing": len(differing),
+        "differing_videos": differing[:10],
+    }
+
+
+def decoder_advice(compared: dict[str, Any], configured: str) -> list[str]:
+    """Which `data.decoder` the comparison on the user's sample argues for (pure)."""
+    ms, items = compared["ms_per_item"], compared["items"]
+    lost = compared["cannot_read"]["pyav"] - compared["cannot_read"]["decord"]
+    if lost > 0:
+        return [
+            f"PyAV cannot read {lost} sampled video(s) that decord reads: keep data.decoder: decord"
+        ]
+    if compared["differing"]:
+        return [
+            f"decord and PyAV gave different frames for {compared['differing']} of {items} "
+            "sampled items (open GOPs: PyAV's are the frames asked for, README Video "
+            f"decoders), e.g. {compared['differing_videos'][0]}"
+            + ("; set data.decoder: pyav" if configured == "decord" else "")
+        ]
+    saving = {
+        kind: 1 - ms["pyav"][kind] / ms["decord"][kind]
+        for kind in ("train", "test")
+        if ms["pyav"][kind] and ms["decord"][kind]
+    }
+    if configured == "decord" and saving.get("train", 0) > 0:
+        return [
+            f"data.decoder: pyav gives the same frames on all {items} sampled items with "
+            f"{100 * saving['train']:.0f}% less CPU per train item"
+            + (f" and {100 * saving['test']:.0f}% per test item" if "test" in saving else "")
+        ]
+    return []
+
+
 def process_age() -> float:
     """Seconds since this process started (Linux /proc; 0 elsewhere)."""
     try:
@@ -516,10 +595,26 @@ def render_markdown(plan: dict) -> str:
             f"{_hours(p['train_wall_h'])} | {p['train_gpu_h']:.1f} | "
             f"{_hours(p.get('eval_wall_h', 0))} | {p.get('eval_gpu_h', 0):.2f} | {memory} |"
         )
+    compared = plan.get("decoders")
+    if compared:
+        lines += [
+            "",
+            f"Decoders on the sample ({compared['items']} items, CPU ms per item; "
+            f"data.decoder is {plan['launch']['decoder']}):",
+            "",
+            "| decoder | train item | test item | cannot read |",
+            "|---|---|---|---|",
+        ]
+        for name, ms in compared["ms_per_item"].items():
+            cells = [f"{ms[k]:.1f}" if ms[k] is not None else "-" for k in ("train", "test")]
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} | {compared['cannot_read'][name]} |")
+        lines.append(f"\nItems whose frames differ between the decoders: {compared['differing']}.")
     lines += ["", "## What to do", ""]
     for name, model in plan["models"].items():
         for advice in model["advice"]:
             lines.append(f"- {name}: {advice}")
+    for advice in plan.get("decoder_advice", []):
+        lines.append(f"- decoder: {advice}")
     lines.append("")
     return "\n".join(lines)
 
@@ -569,14 +664,17 @@ def plan(
                 spec["data"].get("augment_on", "auto"), torch_device
             ),
             "transcode": bool(spec.get("transcode")),
+            "decoder": spec["data"].get("decoder", "decord"),
         },
         "models": {},
     }
+    train_picked = sample_rows(train_rows, settings["videos"])
+    test_picked = sample_rows(test_rows, settings["test_videos"] + 1)
     with tempfile.TemporaryDirectory() as tmp:
         train_sample = Path(tmp) / "train.csv"
         test_sample = Path(tmp) / "test.csv"
-        video.write_split_csv(train_sample, sample_rows(train_rows, settings["videos"]))
-        video.write_split_csv(test_sample, sample_rows(test_rows, settings["test_videos"] + 1))
+        video.write_split_csv(train_sample, train_picked)
+        video.write_split_csv(test_sample, test_picked)
         record["sample"] = {
             "train_videos": min(settings["videos"], len(train_rows)),
             "test_videos": min(settings["test_videos"] + 1, len(test_rows)),
@@ -626,6 +724,8 @@ def plan(
                     device=torch_device.type,
                 ),
             }
+    record["decoders"] = compare_decoders(train_picked, test_picked, spec["data"])
+    record["decoder_advice"] = decoder_advice(record["decoders"], record["launch"]["decoder"])
     out = Path(out_dir)
     with atomic_write(out / "cost.json", "w") as handle:
         json.dump(record, handle, indent=2)
