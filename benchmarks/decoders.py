@@ -101,12 +101,17 @@ def unique_sorted(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 # --------------------------------------------------------------------------------------------
 # The decoders: path, indexer -> (indices, [T, H, W, 3] uint8)
 # --------------------------------------------------------------------------------------------
-def decode_decord(path: str, indexer: Indexer) -> tuple[np.ndarray, np.ndarray]:
-    reader = video.open_video(path)
-    indices = indexer(len(reader))
-    frames = video.read_frames(reader, indices)
-    del reader  # as the datasets do: a live reader keeps decoding ahead in its thread
-    return indices, frames
+def library_decoder(name: str) -> Callable[[str, Indexer], tuple[np.ndarray, np.ndarray]]:
+    """What `data.decoder: name` does in the datasets (k400ft.decoders)."""
+
+    def decode(path: str, indexer: Indexer) -> tuple[np.ndarray, np.ndarray]:
+        reader = video.open_video(path, name)
+        indices = indexer(len(reader))
+        frames = video.read_frames(reader, indices)
+        del reader  # as the datasets do: a live decord reader keeps decoding ahead
+        return indices, frames
+
+    return decode
 
 
 def torchcodec_decoder(seek_mode: str) -> Callable[[str, Indexer], tuple[np.ndarray, np.ndarray]]:
@@ -127,16 +132,9 @@ def torchcodec_decoder(seek_mode: str) -> Callable[[str, Indexer], tuple[np.ndar
     return decode
 
 
-def decode_pyav(path: str, indexer: Indexer) -> tuple[np.ndarray, np.ndarray]:
-    """What `data.decoder: pyav` does (k400ft.decoders.PyAVVideo)."""
-    reader = video.open_video(path, "pyav")
-    indices = indexer(len(reader))
-    return indices, video.read_frames(reader, indices)
-
-
 def decoders(names: list[str]) -> tuple[dict[str, Callable], list[str]]:
     """The decoders asked for that can run here, and notes on those that cannot."""
-    available = {"decord": decode_decord, "pyav": decode_pyav}
+    available = {name: library_decoder(name) for name in decoders_module.DECODERS}
     for mode in ("exact", "approximate"):
         available[f"torchcodec-{mode}"] = (
             torchcodec_decoder(mode) if VideoDecoder is not None else None

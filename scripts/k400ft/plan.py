@@ -464,32 +464,32 @@ def recommendations(
     return advice
 
 
-def compare_decoders(
-    train_rows: list[tuple[str, int]], test_rows: list[tuple[str, int]], data_cfg: dict
-) -> dict[str, Any]:
-    """Each sampled video decoded by every decoder, as the data path does (open, count, the
-    train window of a seeded draw or the test indices, the frames): median CPU ms per train
-    and per test item, videos a decoder cannot read, and the items whose frames differ."""
-    num_frames, rate = int(data_cfg["num_frames"]), int(data_cfg["sampling_rate"])
+def compare_decoders(train_csv: Path, test_csv: Path, data_cfg: dict) -> dict[str, Any]:
+    """Each sampled video decoded by every decoder through the datasets' own `load` (open,
+    count, the train window of a seeded draw or the test indices, the frames): median CPU ms
+    per train and per test item, videos a decoder cannot read, and the items whose frames
+    differ."""
+    datasets = {
+        name: (
+            video.TrainDataset(train_csv, {**data_cfg, "decoder": name}),
+            video.TestDataset(test_csv, {**data_cfg, "decoder": name}, 1, 1),
+        )
+        for name in decoders.DECODERS
+    }
     seconds = {name: {"train": [], "test": []} for name in decoders.DECODERS}
     failed = dict.fromkeys(decoders.DECODERS, 0)
     differing: list[str] = []
-    items = [("train", n, path) for n, (path, _) in enumerate(train_rows)]
-    items += [("test", n, path) for n, (path, _) in enumerate(test_rows)]
-    for kind, number, path in items:
+    train, test = datasets["decord"]  # every decoder's datasets hold the same rows
+    items = [("train", n) for n in range(len(train))] + [("test", n) for n in range(len(test))]
+    for kind, number in items:
         frames = {}
-        for name in decoders.DECODERS:
+        for name, (train_set, test_set) in datasets.items():
             start = time.process_time()
             try:
-                reader = decoders.open_video(path, name)
-                count = len(reader)
                 if kind == "train":
-                    rng = np.random.default_rng([0, number])
-                    indices = video.train_frame_indices(count, rng, num_frames, rate)
+                    frames[name] = train_set.load(number, np.random.default_rng([0, number]))
                 else:
-                    indices = video.test_frame_indices(count, num_frames, rate)
-                frames[name] = decoders.read_frames(reader, indices)
-                del reader
+                    frames[name] = test_set.load(number)
             except Exception:  # any decoder error: this decoder cannot read the file
                 failed[name] += 1
                 continue
@@ -497,7 +497,7 @@ def compare_decoders(
         if len(frames) == len(decoders.DECODERS):
             first, *others = frames.values()
             if any(not np.array_equal(first, other) for other in others):
-                differing.append(path)
+                differing.append((train if kind == "train" else test).path(number))
     return {
         "items": len(items),
         "ms_per_item": {
@@ -668,13 +668,11 @@ def plan(
         },
         "models": {},
     }
-    train_picked = sample_rows(train_rows, settings["videos"])
-    test_picked = sample_rows(test_rows, settings["test_videos"] + 1)
     with tempfile.TemporaryDirectory() as tmp:
         train_sample = Path(tmp) / "train.csv"
         test_sample = Path(tmp) / "test.csv"
-        video.write_split_csv(train_sample, train_picked)
-        video.write_split_csv(test_sample, test_picked)
+        video.write_split_csv(train_sample, sample_rows(train_rows, settings["videos"]))
+        video.write_split_csv(test_sample, sample_rows(test_rows, settings["test_videos"] + 1))
         record["sample"] = {
             "train_videos": min(settings["videos"], len(train_rows)),
             "test_videos": min(settings["test_videos"] + 1, len(test_rows)),
@@ -724,7 +722,7 @@ def plan(
                     device=torch_device.type,
                 ),
             }
-    record["decoders"] = compare_decoders(train_picked, test_picked, spec["data"])
+        record["decoders"] = compare_decoders(train_sample, test_sample, spec["data"])
     record["decoder_advice"] = decoder_advice(record["decoders"], record["launch"]["decoder"])
     out = Path(out_dir)
     with atomic_write(out / "cost.json", "w") as handle:
