@@ -22,6 +22,7 @@ from PIL import Image
 from test_finetune import DATA as FINETUNE_DATA
 from timm.data import auto_augment as AA
 from timm.data.random_erasing import RandomErasing
+from torch.utils._python_dispatch import TorchDispatchMode
 from videos import write_pattern_mp4
 
 from k400ft import augment as A
@@ -253,6 +254,128 @@ def test_erasing_replaces_the_same_box_as_the_pil_path(frames):
         assert not torch.equal(ours[:, 0][..., inside], ours[:, 1][..., inside])  # per frame
 
 
+# ---------------------------------------------------------------- a batch at once
+
+SIZES = ((36, 64), (64, 48), (40, 40), (36, 64), (48, 30))  # K400 mixes aspects in a batch
+
+
+def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
+    """`videos` videos of the mixed SIZES, 2 clips each, whose 4 RandAugment layers hold every
+    one of the 15 ops (each layer: the ops in turn, shifted, with timm's arguments at random
+    magnitudes and signs), random crop boxes (upsampled and downsampled), flips and, with
+    `erase`, every other clip erased."""
+    rng = random.Random(seed)
+    names = sorted(PIL_OPS)
+    clips, videos_frames, params = 0, [], []
+    for v in range(videos):
+        h, w = SIZES[v % len(SIZES)]
+        videos_frames.append(torch.randint(0, 256, (frames, h, w, 3), dtype=torch.uint8))
+        video_params = []
+        for _ in range(2):
+            ops = tuple(
+                (name, op_arguments(name, rng.uniform(1, 10), rng.random() < 0.5))
+                for name in (names[(clips + 4 * layer) % 15] for layer in range(4))
+            )
+            bh, bw = rng.randint(4, h), rng.randint(4, w)
+            box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
+            erased = (
+                rng.randint(0, 20),
+                rng.randint(0, 20),
+                rng.randint(1, 12),
+                rng.randint(1, 12),
+            )
+            video_params.append(
+                A.ClipParams(
+                    ops,
+                    box,
+                    rng.random() < 0.5,
+                    erased if erase and clips % 2 else None,
+                    rng.randrange(2**62),
+                )
+            )
+            clips += 1
+        params.append(video_params)
+    return videos_frames, params
+
+
+@pytest.mark.parametrize("erase", [False, True], ids=["erase off", "erase on"])
+def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase):
+    """Mixed frame sizes (padded to the largest), every one of the 15 ops in every layer:
+    the batch equals each clip made alone by the per-clip torch ops, bit for bit (the same
+    arithmetic: ops on padded frames see each clip's own pixels; the crop + resize is
+    F.interpolate's CPU arithmetic; erasing noise is a function of the clip's seed)."""
+    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
+    frames, params = every_op_batch(5, erase)
+    assert {op for ps in params for p in ps for op, _ in p.ops} == set(PIL_OPS)
+    clips = augmenter.batch(frames, params)
+    pairs = zip(frames, params, strict=True)
+    alone = torch.stack([augmenter.clip(f, p) for f, ps in pairs for p in ps])
+    assert clips.shape == (10, 3, 3, 32, 32) and clips.is_contiguous()
+    assert torch.equal(clips, alone)
+    padded, sizes = A.pad_frames(frames)  # as the loader's collate delivers them
+    assert torch.equal(augmenter.batch(padded, params, sizes), clips)
+
+
+def test_pad_frames_keeps_each_videos_pixels_and_size():
+    frames = [torch.randint(1, 256, (2, h, w, 3), dtype=torch.uint8) for h, w in SIZES[:3]]
+    padded, sizes = A.pad_frames(frames)
+    assert padded.shape == (3, 2, 64, 64, 3) and sizes.tolist() == [list(s) for s in SIZES[:3]]
+    for f, p, (h, w) in zip(frames, padded, SIZES, strict=False):
+        assert torch.equal(p[:, :h, :w], f) and int(p.sum()) == int(f.long().sum())
+    same, sizes = A.pad_frames(frames[:1] * 2)
+    assert same.shape == (2, 2, 36, 64, 3) and sizes.tolist() == [[36, 64]] * 2
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_batch_dispatches_as_many_ops_for_96_clips_as_for_24():
+    """The batch's work is a fixed number of operations, whatever the number of clips: each op
+    (group) of each layer once, one crop-resize gather, one normalisation, one erasing scatter.
+    (The per-clip path dispatches ~4x more for 4x the clips.)"""
+    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
+    counts = {}
+    for clips in (24, 96):
+        frames, params = every_op_batch(clips // 2, erase=True, frames=2)
+        padded, sizes = A.pad_frames(frames)  # done by the loader's collate, in the workers
+        with CountOps() as counter:
+            augmenter.batch(padded, params, sizes)
+        counts[clips] = counter.count
+    assert counts[96] <= 1.1 * counts[24], counts
+    frames, params = every_op_batch(2, erase=True, frames=2)
+    with CountOps() as per_clip:
+        [augmenter.clip(f, p) for f, ps in zip(frames, params, strict=True) for p in ps]
+    assert per_clip.count > 2 * counts[24] / 24, "the per-clip path should cost more per clip"
+
+
+def test_erasing_noise_is_a_function_of_the_clips_seed_alone():
+    """The same clip erased in two different batches gets the same noise; N(0, 1) over the
+    box, different in every frame and channel, and different for another seed."""
+    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
+    frames, params = every_op_batch(4, erase=True)
+    clip = params[1][1]
+    assert clip.erase is not None
+    alone = augmenter.batch(frames[1:2], [[clip]])
+    mixed = augmenter.batch(frames, params)
+    assert torch.equal(alone[0], mixed[3])
+    counters = torch.arange(200_000)
+    noise = A.erase_noise(torch.full_like(counters, 12345), counters)
+    assert abs(float(noise.mean())) < 0.01 and abs(float(noise.std()) - 1) < 0.01
+    assert abs(float((noise.abs() < 1).float().mean()) - 0.6827) < 0.005  # normal, not uniform
+    other = A.erase_noise(torch.full_like(counters, 12346), counters)
+    assert abs(float(torch.corrcoef(torch.stack([noise, other]))[0, 1])) < 0.01
+    top, left, h, w = clip.erase
+    box = alone[0][:, :, top : top + h, left : left + w]
+    assert not torch.equal(box[:, 0], box[:, 1]) and not torch.equal(box[0], box[1])
+
+
 def test_a_batch_of_videos_of_different_sizes():
     augmenter = A.ClipAugmenter(DATA)
     sampler = A.ClipSampler(DATA)
@@ -263,4 +386,5 @@ def test_a_batch_of_videos_of_different_sizes():
         params = [[sampler.draw(*f.shape[1:3]) for _ in range(2)] for f in frames]
     clips = augmenter.batch(frames, params)
     assert clips.shape == (4, 3, 4, 32, 32) and clips.dtype == torch.float32
-    assert torch.equal(clips[2], augmenter.clip(frames[1], params[1][0]))
+    torch_ops = A.ClipAugmenter(DATA, pil_on_cpu=False)
+    assert torch.equal(clips[2], torch_ops.clip(frames[1], params[1][0]))

@@ -40,7 +40,7 @@ import functools
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -189,32 +189,57 @@ class ClipSampler:
 
 
 # ----------------------------------------------------------------------------------------------
-# RandAugment's 15 ops on uint8 frames [N, 3, H, W] (one argument set for all N frames)
+# RandAugment's 15 ops on uint8 frames [..., 3, H, W]
+#
+# One clip: frames [T, 3, H, W] and the op's arguments as Python numbers (one draw for all its
+# frames). A batch of clips: frames [n, T, 3, H, W] padded to a common H x W, the arguments as
+# tensors that broadcast against [n, 1, 1, 1, 1] (each clip its own), and `sizes` [n, 2], each
+# clip's true (h, w): statistics, borders and the affine ops' frame see its own pixels only.
+# The arithmetic is the same either way, so a clip comes out the same alone or in a batch.
+
+
+def _valid(frames: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """[n, 1, 1, H, W] bool: the pixels of each clip's own (h, w) within the padded frames."""
+    height, width = frames.shape[-2:]
+    rows = torch.arange(height, device=frames.device) < sizes[:, :1]
+    cols = torch.arange(width, device=frames.device) < sizes[:, 1:]
+    valid = rows.unsqueeze(2) & cols.unsqueeze(1)
+    return valid.view(len(valid), *[1] * (frames.dim() - 3), height, width)
 
 
 def _lut(frames: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Map each frame's channel c through its own 256-entry table [N, 3, 256] (uint8)."""
-    n, c, h, w = frames.shape
-    flat = frames.reshape(n * c, h * w).long()
-    return torch.gather(table.reshape(n * c, 256), 1, flat).reshape(n, c, h, w)
+    """Map each frame's channel through its own 256-entry table ([..., 3 or 1, 256] uint8,
+    broadcast against the frames' leading dimensions)."""
+    height, width = frames.shape[-2:]
+    table = table.expand(*frames.shape[:-2], 256).reshape(-1, 256)
+    flat = frames.reshape(-1, height * width).long()
+    return torch.gather(table, 1, flat).view(frames.shape)
 
 
-def _histograms(frames: torch.Tensor) -> torch.Tensor:
-    """[N, 3, 256] int64 pixel counts per frame and channel."""
-    n, c, h, w = frames.shape
-    offsets = torch.arange(n * c, device=frames.device).unsqueeze(1) * 256
-    index = (frames.reshape(n * c, h * w).long() + offsets).reshape(-1)
-    return torch.bincount(index, minlength=n * c * 256).reshape(n, c, 256)
+def _histograms(frames: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., 3, 256] int64 pixel counts per frame and channel (within each clip's size)."""
+    height, width = frames.shape[-2:]
+    planes = frames.numel() // (height * width)
+    offsets = torch.arange(planes, device=frames.device).unsqueeze(1) * 256
+    index = frames.reshape(planes, height * width).long() + offsets
+    if sizes is not None:  # padding goes to one extra bin, dropped
+        valid = _valid(frames, sizes).expand(frames.shape).reshape(planes, height * width)
+        index = torch.where(valid, index, planes * 256)
+    counts = torch.bincount(index.reshape(-1), minlength=planes * 256 + 1)
+    return counts[: planes * 256].view(*frames.shape[:-2], 256)
 
 
-def auto_contrast(frames: torch.Tensor) -> torch.Tensor:
+def auto_contrast(frames: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
     """PIL ImageOps.autocontrast (cutoff 0) per frame and channel: lo, hi = the darkest and
     brightest levels present; level i -> int(i x 255 / (hi - lo) - lo x 255 / (hi - lo)),
     clipped; identity where hi <= lo."""
     levels = torch.arange(256, device=frames.device, dtype=torch.float64)
-    flat = frames.flatten(2)
-    lo = flat.amin(dim=2).double().unsqueeze(2)
-    hi = flat.amax(dim=2).double().unsqueeze(2)
+    darkest, brightest = frames, frames
+    if sizes is not None:
+        valid = _valid(frames, sizes)
+        darkest, brightest = torch.where(valid, frames, 255), torch.where(valid, frames, 0)
+    lo = darkest.flatten(-2).amin(dim=-1).double().unsqueeze(-1)
+    hi = brightest.flatten(-2).amax(dim=-1).double().unsqueeze(-1)
     spread = (hi - lo).clamp(min=1)
     scale = torch.full_like(spread, 255.0) / spread  # a true division, as Python's (not 255 x 1/d)
     table = (levels * scale - lo * scale).trunc().clamp(0, 255)
@@ -222,19 +247,19 @@ def auto_contrast(frames: torch.Tensor) -> torch.Tensor:
     return _lut(frames, table.to(torch.uint8))
 
 
-def equalize(frames: torch.Tensor) -> torch.Tensor:
+def equalize(frames: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
     """PIL ImageOps.equalize per frame and channel: step = (pixels - count of the brightest
     level present) // EQUALIZE_DIVISOR; level i -> (step // 2 + pixels below i) // step,
     clipped to 255; identity when at most one level is present or step is 0."""
-    hist = _histograms(frames)
-    total = hist.sum(dim=2, keepdim=True)
+    hist = _histograms(frames, sizes)
+    total = hist.sum(dim=-1, keepdim=True)
     levels = torch.arange(256, device=frames.device)
-    brightest = torch.where(hist > 0, levels, -1).amax(dim=2, keepdim=True)
-    last = hist.gather(2, brightest.clamp(min=0))
+    brightest = torch.where(hist > 0, levels, -1).amax(dim=-1, keepdim=True)
+    last = hist.gather(-1, brightest.clamp(min=0))
     step = (total - last) // EQUALIZE_DIVISOR
-    below = hist.cumsum(dim=2) - hist
+    below = hist.cumsum(dim=-1) - hist
     table = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)
-    keep = ((hist > 0).sum(dim=2, keepdim=True) <= 1) | (step == 0)
+    keep = ((hist > 0).sum(dim=-1, keepdim=True) <= 1) | (step == 0)
     table = torch.where(keep, levels, table)
     return _lut(frames, table.to(torch.uint8))
 
@@ -243,68 +268,75 @@ def invert(frames: torch.Tensor) -> torch.Tensor:
     return 255 - frames
 
 
-def posterize(frames: torch.Tensor, bits: int) -> torch.Tensor:
+def posterize(frames: torch.Tensor, bits) -> torch.Tensor:
     """Keep the `bits` most significant bits (timm: unchanged from 8 bits on)."""
-    if bits >= 8:
-        return frames
-    return frames & (~((1 << (8 - bits)) - 1) & 0xFF)
+    shift = (8 - torch.as_tensor(bits)).clamp(min=0)
+    return frames & ((255 >> shift) << shift).to(frames.device, torch.uint8)
 
 
-def solarize(frames: torch.Tensor, threshold: int) -> torch.Tensor:
+def solarize(frames: torch.Tensor, threshold) -> torch.Tensor:
     """Levels >= threshold inverted (PIL ImageOps.solarize)."""
     return torch.where(frames < threshold, frames, 255 - frames)
 
 
-def solarize_add(frames: torch.Tensor, add: int, threshold: int = 128) -> torch.Tensor:
+def solarize_add(frames: torch.Tensor, add, threshold: int = 128) -> torch.Tensor:
     """timm's solarize_add: levels below threshold get + add (capped at 255)."""
     added = (frames.to(torch.int16) + add).clamp(max=255).to(torch.uint8)
     return torch.where(frames < threshold, added, frames)
 
 
 def _grey(frames: torch.Tensor) -> torch.Tensor:
-    """PIL's RGB -> L: (R x 19595 + G x 38470 + B x 7471 + 32768) >> 16, [N, 1, H, W] int32."""
+    """PIL's RGB -> L: (R x 19595 + G x 38470 + B x 7471 + 32768) >> 16, [..., 1, H, W] int32."""
     weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=frames.device)
-    grey = (frames.to(torch.int32) * weights.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    grey = (frames.to(torch.int32) * weights.view(3, 1, 1)).sum(dim=-3, keepdim=True)
     return (grey + 32768) >> 16
 
 
-def blend(degenerate: torch.Tensor, frames: torch.Tensor, factor: float) -> torch.Tensor:
+def blend(degenerate: torch.Tensor, frames: torch.Tensor, factor) -> torch.Tensor:
     """PIL Image.blend(degenerate, image, factor): in float32, d + factor x (x - d), truncated
-    toward zero and clipped to 0..255 (PIL's ImagingBlend)."""
-    alpha = torch.tensor(factor, dtype=torch.float32).item()  # PIL takes alpha as a C float
+    toward zero and clipped to 0..255 (PIL's ImagingBlend). PIL takes the factor as a C float."""
+    alpha = torch.as_tensor(factor, dtype=torch.float32).to(frames.device)
     d = degenerate.to(torch.float32)
     out = d + alpha * (frames.to(torch.float32) - d)
     return out.clamp(0, 255).trunc().to(torch.uint8)
 
 
-def color(frames: torch.Tensor, factor: float) -> torch.Tensor:
+def color(frames: torch.Tensor, factor) -> torch.Tensor:
     """ImageEnhance.Color: blend with the frame's greyscale."""
     return blend(_grey(frames).expand_as(frames), frames, factor)
 
 
-def contrast(frames: torch.Tensor, factor: float) -> torch.Tensor:
-    """ImageEnhance.Contrast: blend with a flat frame at int(mean greyscale level + 0.5)."""
+def contrast(frames: torch.Tensor, factor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """ImageEnhance.Contrast: blend with a flat frame at int(mean greyscale level + 0.5). The
+    sum of integer levels is exact in float64, so mean = sum / pixels whatever the order."""
     grey = _grey(frames)
-    mean = (grey.double().mean(dim=(1, 2, 3), keepdim=True) + 0.5).floor()
-    return blend(mean.expand_as(frames), frames, factor)
+    if sizes is None:
+        mean = grey.double().mean(dim=(-3, -2, -1), keepdim=True)
+    else:
+        valid = torch.where(_valid(frames, sizes), grey, 0).double()
+        total = valid.sum(dim=(-3, -2, -1), keepdim=True)
+        mean = total / sizes.prod(dim=1).double().view(-1, *[1] * (grey.dim() - 1))
+    return blend((mean + 0.5).floor().expand_as(frames), frames, factor)
 
 
-def brightness(frames: torch.Tensor, factor: float) -> torch.Tensor:
+def brightness(frames: torch.Tensor, factor) -> torch.Tensor:
     """ImageEnhance.Brightness: blend with black."""
     return blend(torch.zeros_like(frames), frames, factor)
 
 
-def sharpness(frames: torch.Tensor, factor: float) -> torch.Tensor:
+def sharpness(frames: torch.Tensor, factor, sizes: torch.Tensor | None = None) -> torch.Tensor:
     """ImageEnhance.Sharpness: blend with PIL's SMOOTH filter of the frame (3x3 kernel
     [1 1 1; 1 5 1; 1 1 1] / 13, rounded; the one-pixel border kept as it is). Computed as the
     integer 3x3 sum plus 4 x the centre, / 13: the exact value is never within 1/26 of a
     rounding boundary, so PIL's float32 sum rounds to the same level."""
     x = frames.to(torch.int32)
-    rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
     box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
-    smooth = (box + 4 * x[:, :, 1:-1, 1:-1]).to(torch.float32) / 13.0
+    smooth = (box + 4 * x[..., 1:-1, 1:-1]).to(torch.float32) / 13.0
     degenerate = frames.clone()
-    degenerate[:, :, 1:-1, 1:-1] = (smooth + 0.5).floor().clamp(0, 255).to(torch.uint8)
+    degenerate[..., 1:-1, 1:-1] = (smooth + 0.5).floor().clamp(0, 255).to(torch.uint8)
+    if sizes is not None:  # each clip's own last row and column are border too
+        degenerate = torch.where(_valid(frames, sizes - 1), degenerate, frames)
     return blend(degenerate, frames, factor)
 
 
@@ -317,44 +349,52 @@ def _cubic(v1, v2, v3, v4, d):
     return v2 + d * (p2 + d * (p3 + d * p4))
 
 
-def affine(frames: torch.Tensor, matrix: Sequence[float], fill: Sequence[int] = FILL):
-    """PIL's Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill) on [N, 3, H, W]:
-    output pixel (x, y) samples the input at (a(x+.5) + b(y+.5) + c, d(x+.5) + e(y+.5) + f);
-    outside [0, W) x [0, H) it gets `fill`; inside, the 4 x 4 neighbours (clamped at the
-    border) are combined with PIL's a = -1 cubic kernel and truncated to uint8. The frames
-    are gathered pixel-major ([H x W, N x 3]: one index per pixel moves all frames and
-    channels), the coordinates in float64 as PIL's, the pixel arithmetic in float32."""
-    n, c, h, w = frames.shape
+def affine(
+    frames: torch.Tensor,
+    matrix: Sequence[float] | torch.Tensor,
+    fill: Sequence[int] = FILL,
+    sizes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """PIL's Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill): output pixel (x, y)
+    samples the input at (a(x+.5) + b(y+.5) + c, d(x+.5) + e(y+.5) + f); outside the frame it
+    gets `fill`; inside, the 4 x 4 neighbours (clamped at the border) are combined with PIL's
+    a = -1 cubic kernel and truncated to uint8. One clip: frames [T, 3, H, W] and 6 numbers; a
+    batch: [n, T, 3, H, W] and matrices [n, 6] float64 (one gather for all clips). The frames
+    are gathered pixel-major ([pixels, T x 3]: one index moves all frames and channels), the
+    coordinates in float64 as PIL's, the pixel arithmetic in float32."""
+    if not torch.is_tensor(matrix):  # one clip: a batch of one
+        matrix = torch.tensor([list(matrix)], dtype=torch.float64, device=frames.device)
+        return affine(frames.unsqueeze(0), matrix, fill, sizes)[0]
+    n, t, c, h, w = frames.shape
     dev = frames.device
-    a, b, cc, d, e, f = (float(v) for v in matrix)
-    ys = torch.arange(h, device=dev, dtype=torch.float64).view(h, 1) + 0.5
-    xs = torch.arange(w, device=dev, dtype=torch.float64).view(1, w) + 0.5
+    height, width = (h, w) if sizes is None else (sizes[:, :1, None], sizes[:, 1:, None])
+    ys = torch.arange(h, device=dev, dtype=torch.float64).view(1, h, 1) + 0.5
+    xs = torch.arange(w, device=dev, dtype=torch.float64).view(1, 1, w) + 0.5
+    a, b, cc, d, e, f = matrix.view(n, 6, 1, 1).unbind(1)
     src_x = a * xs + b * ys + cc
     src_y = d * xs + e * ys + f
-    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
     src_x, src_y = src_x - 0.5, src_y - 0.5
     x0, y0 = src_x.floor(), src_y.floor()
     dx = (src_x - x0).to(torch.float32).reshape(-1, 1)
     dy = (src_y - y0).to(torch.float32).reshape(-1, 1)
     x0, y0 = x0.long() - 1, y0.long() - 1
-    pixels = frames.permute(2, 3, 0, 1).reshape(h * w, n * c)
-    cols = [(x0 + i).clamp(0, w - 1) for i in range(4)]
+    pixels = frames.permute(0, 3, 4, 1, 2).reshape(n * h * w, t * c)
+    first = torch.arange(n, device=dev).view(n, 1, 1) * (h * w)  # each clip's first pixel
+    cols = [(x0 + i).clamp(min=0).clamp(max=width - 1) for i in range(4)]
     rows = []
     for j in range(4):
-        row = (y0 + j).clamp(0, h - 1) * w
+        row = first + (y0 + j).clamp(min=0).clamp(max=height - 1) * w
         taps = [pixels.index_select(0, (row + col).reshape(-1)).to(torch.float32) for col in cols]
         rows.append(_cubic(*taps, dx))
-    value = _cubic(*rows, dy)
-    value = value.clamp_(0, 255).trunc_().to(torch.uint8).reshape(h, w, n, c).permute(2, 3, 0, 1)
-    fill_value = torch.tensor(fill, dtype=torch.uint8, device=dev).view(1, 3, 1, 1)
-    return torch.where(inside, value, fill_value)
+    value = _cubic(*rows, dy).clamp_(0, 255).trunc_().to(torch.uint8)
+    value = value.view(n, h, w, t, c).permute(0, 3, 4, 1, 2)
+    fill_value = torch.tensor(fill, dtype=torch.uint8, device=dev).view(3, 1, 1)
+    return torch.where(inside.view(n, 1, 1, h, w), value, fill_value)
 
 
-def rotate(frames: torch.Tensor, degrees: float, fill: Sequence[int] = FILL) -> torch.Tensor:
-    """PIL Image.rotate(degrees) about the centre (w / 2, h / 2), same size, its matrix."""
-    if degrees % 360.0 == 0:
-        return frames
-    h, w = frames.shape[-2:]
+def rotation_matrix(degrees: float, height: int, width: int) -> list[float]:
+    """PIL Image.rotate(degrees)'s inverse matrix about the centre (w / 2, h / 2), same size."""
     angle = -math.radians(degrees)
     m = [
         round(math.cos(angle), 15),
@@ -364,33 +404,35 @@ def rotate(frames: torch.Tensor, degrees: float, fill: Sequence[int] = FILL) -> 
         round(math.cos(angle), 15),
         0.0,
     ]
-    cx, cy = w / 2.0, h / 2.0
+    cx, cy = width / 2.0, height / 2.0
     m[2] = m[0] * -cx + m[1] * -cy + m[2] + cx
     m[5] = m[3] * -cx + m[4] * -cy + m[5] + cy
-    return affine(frames, m, fill)
+    return m
 
 
-def shear_x(frames, factor, fill=FILL):
-    return affine(frames, (1, factor, 0, 0, 1, 0), fill)
+MATRICES = {  # the geometric ops: (argument, frame height, width) -> PIL's affine matrix
+    "Rotate": rotation_matrix,
+    "ShearX": lambda factor, h, w: [1, factor, 0, 0, 1, 0],
+    "ShearY": lambda factor, h, w: [1, 0, 0, factor, 1, 0],
+    "TranslateXRel": lambda pct, h, w: [1, 0, pct * w, 0, 1, 0],
+    "TranslateYRel": lambda pct, h, w: [1, 0, 0, 0, 1, pct * h],
+}
 
 
-def shear_y(frames, factor, fill=FILL):
-    return affine(frames, (1, 0, 0, factor, 1, 0), fill)
+def _geometric(name: str):
+    def op(frames: torch.Tensor, arg: float, fill: Sequence[int] = FILL) -> torch.Tensor:
+        if name == "Rotate" and arg % 360.0 == 0:
+            return frames
+        return affine(frames, MATRICES[name](arg, *frames.shape[-2:]), fill)
 
-
-def translate_x_rel(frames, pct, fill=FILL):
-    return affine(frames, (1, 0, pct * frames.shape[-1], 0, 1, 0), fill)
-
-
-def translate_y_rel(frames, pct, fill=FILL):
-    return affine(frames, (1, 0, 0, 0, 1, pct * frames.shape[-2]), fill)
+    op.__name__ = op.__qualname__ = name
+    return op
 
 
 OPS = {  # timm's RandAugment op names (the 'inc1' increasing set) -> tensor op
     "AutoContrast": auto_contrast,
     "Equalize": equalize,
     "Invert": invert,
-    "Rotate": rotate,
     "PosterizeIncreasing": posterize,
     "SolarizeIncreasing": solarize,
     "SolarizeAdd": solarize_add,
@@ -398,10 +440,7 @@ OPS = {  # timm's RandAugment op names (the 'inc1' increasing set) -> tensor op
     "ContrastIncreasing": contrast,
     "BrightnessIncreasing": brightness,
     "SharpnessIncreasing": sharpness,
-    "ShearX": shear_x,
-    "ShearY": shear_y,
-    "TranslateXRel": translate_x_rel,
-    "TranslateYRel": translate_y_rel,
+    **{name: _geometric(name) for name in MATRICES},
 }
 
 
@@ -432,22 +471,157 @@ def rand_augment_pil(frames: np.ndarray, ops: Sequence[tuple[str, tuple]]) -> np
 
 
 # ----------------------------------------------------------------------------------------------
-# The whole clip
+# The whole clip, one at a time or a batch at once
+
+
+def pad_frames(frames: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Videos' decoded frames [T, H, W, 3] uint8 (sizes may differ) -> one tensor [V, T, H, W, 3]
+    padded with zeros to the largest height and width, and each video's (h, w) [V, 2] int64."""
+    sizes = torch.tensor([f.shape[1:3] for f in frames], dtype=torch.int64)
+    if len({tuple(s) for s in sizes.tolist()}) == 1:
+        return torch.stack(list(frames)), sizes
+    height, width = (int(v) for v in sizes.max(dim=0).values)
+    out = frames[0].new_zeros((len(frames), frames[0].shape[0], height, width, 3))
+    for target, f in zip(out, frames, strict=True):
+        target[:, : f.shape[1], : f.shape[2]] = f
+    return out, sizes
+
+
+# pixel-wise ops: applied in a batch through one lookup table per clip, made by the op itself
+LUT_OPS = (
+    "Invert",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "BrightnessIncreasing",
+)
+SIZED = {"AutoContrast", "Equalize", "ContrastIncreasing", "SharpnessIncreasing"}  # see `sizes`
+
+
+def op_group(name: str) -> str:
+    """How a batch applies op `name`: the pixel-wise ops through one lookup table per clip
+    ('lut'), the five geometric ops through one affine gather ('affine'), each other op on
+    its own with per-clip arguments."""
+    return "lut" if name in LUT_OPS else "affine" if name in MATRICES else name
+
+
+@dataclass
+class OpGroup:
+    """The clips (positions in the batch) whose op at one RandAugment layer falls in one group,
+    with what the group needs per clip: the ops and arguments ('lut': its tables are made
+    from them), the affine matrices ('affine'), or the op's argument (none for AutoContrast
+    and Equalize)."""
+
+    kind: str
+    clips: list[int] = field(default_factory=list)
+    ops: list[tuple[str, tuple]] = field(default_factory=list)
+    args: list = field(default_factory=list)
+
+
+def plan_layers(clips: Sequence[ClipParams], sizes: Sequence[Sequence[int]]) -> list[OpGroup]:
+    """RandAugment of a batch as groups of clips, layer by layer (each clip's ops run in its
+    order): at most 4 layers x 7 groups, whatever the number of clips. sizes: each clip's
+    frame (h, w), which the geometric ops' matrices depend on."""
+    groups = []
+    for layer in range(max((len(p.ops) for p in clips), default=0)):
+        by_kind: dict[str, OpGroup] = {}
+        for number, params in enumerate(clips):
+            if layer >= len(params.ops):
+                continue
+            name, args = params.ops[layer]
+            group = by_kind.setdefault(op_group(name), OpGroup(op_group(name)))
+            group.clips.append(number)
+            group.ops.append((name, args))
+            if group.kind == "affine":
+                group.args.append(MATRICES[name](args[0], *sizes[number]))
+            elif group.kind != "lut" and args:
+                group.args.append(args[0])
+        groups.extend(by_kind.values())
+    return groups
+
+
+def lut_tables(ops: Sequence[tuple[str, tuple]]) -> torch.Tensor:
+    """[n, 256] uint8: the table of each (op, arguments), made by the op itself on the 256
+    levels, one call per op for all its rows (the arguments as a column tensor)."""
+    levels = torch.arange(256, dtype=torch.uint8)
+    tables = torch.empty((len(ops), 256), dtype=torch.uint8)
+    for name in sorted({name for name, _ in ops}):
+        rows = [i for i, (n, _) in enumerate(ops) if n == name]
+        args = [
+            torch.tensor(column).unsqueeze(1)
+            for column in zip(*(ops[i][1] for i in rows), strict=True)
+        ]
+        tables[rows] = OPS[name](levels.expand(len(rows), 256), *args)
+    return tables
+
+
+def to_device(pieces: dict[str, list], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """Host lists of numbers (any nesting, rectangular) -> tensors of `dtype` on `device`, in
+    one host-to-device copy."""
+    kind = torch.empty(0, dtype=dtype).numpy().dtype
+    arrays = {key: np.asarray(value, dtype=kind) for key, value in pieces.items()}
+    flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays.values()]))
+    parts = flat.to(device, non_blocking=True).split([a.size for a in arrays.values()])
+    return {key: p.view(a.shape) for (key, a), p in zip(arrays.items(), parts, strict=True)}
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding 32-bit
+    values: every product stays below 2^59, so the same bits on any device."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def erase_noise(seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) float32 noise, elementwise a pure function of (seed, counter): hashed, then
+    Box-Muller. An erased clip's noise depends on its own seed and pixel alone, on any device,
+    in any batch and whatever else the batch holds."""
+    key = _mix32(seeds & _M32) ^ _mix32(((seeds >> 32) & _M32) ^ 0x5BD1E995)
+    u1 = (_mix32(_mix32((2 * counters) & _M32) ^ key) + 1).to(torch.float32) * 2.0**-32
+    u2 = _mix32(_mix32((2 * counters + 1) & _M32) ^ key).to(torch.float32) * 2.0**-32
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2 * math.pi) * u2)
+
+
+def linear_taps(lengths: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """A bilinear resize (align_corners False) of lengths [n] to `size`, computed as PyTorch's
+    CPU kernel does: source = max(length / size x (i + 0.5) - 0.5, 0) in float32; first tap
+    floor(source) (at most length - 1), second the next one (clamped); weights 1 - l and l,
+    l = source - first. Returns (first, second, first's weight, second's weight), [n, size]."""
+    scale = (lengths.to(torch.float32) / size).unsqueeze(1)
+    target = torch.arange(size, device=lengths.device, dtype=torch.float32)
+    source = (scale * (target + 0.5) - 0.5).clamp(min=0)
+    last = lengths.unsqueeze(1) - 1
+    first = torch.minimum(source.floor().long(), last)
+    weight = (source - first.to(torch.float32)).clamp(0, 1)
+    return first, first + (first < last).long(), 1 - weight, weight
 
 
 class ClipAugmenter:
-    """Applies `ClipParams` to decoded frames on their device: [T, H, W, 3] uint8 (as decoded)
-    -> [3, T, S, S] float32, normalised, upstream's order (see the module's docstring).
+    """Applies `ClipParams` to decoded frames on their device, upstream's order (see the
+    module's docstring): [T, H, W, 3] uint8 (as decoded) -> [3, T, S, S] float32, normalised.
 
-    RandAugment's pixel ops: the torch ops on a GPU; on the CPU timm's PIL ops, which are
-    faster there and upstream-exact (pil_on_cpu=False forces the torch ops, for tests and the
-    benchmark). Everything after RandAugment is the same torch code on either."""
+    `clip` makes one clip; RandAugment's pixel ops are the torch ops on a GPU and timm's PIL
+    ops on the CPU, where they are faster and upstream-exact (pil_on_cpu=False forces the
+    torch ops, for tests and the benchmark). The workers use it (augment_on: workers).
+    `batch` makes a whole batch with the torch ops in a number of operations that does not
+    grow with the number of clips (augment_on: device)."""
 
     def __init__(self, data_cfg: dict[str, Any], pil_on_cpu: bool = True):
         self.pil_on_cpu = pil_on_cpu
         self.size = int(data_cfg["input_size"])
-        self.mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
-        self.std = torch.tensor(data_cfg["std"], dtype=torch.float32)
+        mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
+        std = torch.tensor(data_cfg["std"], dtype=torch.float32)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std
+
+    def normalise(self, clips: torch.Tensor) -> torch.Tensor:
+        """[..., 3, T, S, S] on the 0..255 scale -> ImageNet-normalised, contiguous."""
+        dev = clips.device
+        scale, shift = self.scale.to(dev).view(3, 1, 1, 1), self.shift.to(dev).view(3, 1, 1, 1)
+        return torch.addcmul(shift, clips, scale).contiguous()
 
     def clip(self, frames: torch.Tensor, params: ClipParams) -> torch.Tensor:
         dev = frames.device
@@ -462,23 +636,113 @@ class ClipAugmenter:
         x = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False)
         if params.flip:
             x = x.flip(-1)
-        scale = (1.0 / (255.0 * self.std)).to(dev).view(3, 1, 1, 1)
-        shift = (-self.mean / self.std).to(dev).view(3, 1, 1, 1)
-        x = torch.addcmul(shift, x.transpose(0, 1), scale).contiguous()  # [3, T, S, S]
-        if params.erase is not None:
+        x = self.normalise(x.transpose(0, 1))  # [3, T, S, S]
+        if params.erase is not None:  # one box for every frame and channel
             top, left, h, w = params.erase
-            generator = torch.Generator(device=dev)
-            generator.manual_seed(params.noise_seed)
-            flat = x.view(-1, self.size, self.size)  # one box for every frame and channel
-            noise = torch.empty((flat.shape[0], h, w), device=dev).normal_(generator=generator)
-            flat[:, top : top + h, left : left + w] = noise
+            box = x[:, :, top : top + h, left : left + w]
+            counters = torch.arange(box.numel(), device=dev)
+            noise = erase_noise(torch.full_like(counters, params.noise_seed), counters)
+            box.copy_(noise.view(box.shape))
         return x
 
     def batch(
-        self, frames: Sequence[torch.Tensor], params: Sequence[Sequence[ClipParams]]
+        self,
+        frames: torch.Tensor | Sequence[torch.Tensor],
+        params: Sequence[Sequence[ClipParams]],
+        sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Videos' frames (sizes may differ) and each video's clips' parameters -> clips
-        [sum of clips, 3, T, S, S], the clips of one video adjacent (as `video.train_collate`)."""
-        return torch.stack(
-            [self.clip(f, p) for f, clips in zip(frames, params, strict=True) for p in clips]
+        """Videos' frames and each video's clips' parameters -> clips [sum of clips, 3, T, S, S],
+        the clips of one video adjacent (as `video.train_collate`). frames: [V, T, H, W, 3]
+        uint8 padded to the batch's largest frame, each video's own (h, w) in `sizes` [V, 2]
+        (`pad_frames`, as `video.train_collate_frames` delivers them), or a list of [T, H, W, 3].
+
+        The same pixels as `clip` with the torch ops, clip for clip, by the same arithmetic on
+        the whole batch: per RandAugment layer each op group runs once on the clips that drew
+        it; then one bilinear gather crops, resizes and flips every clip; one normalisation;
+        one scatter of every erased box's noise. Host values reach the device in three copies."""
+        if not torch.is_tensor(frames):
+            frames, sizes = pad_frames(frames)
+        height, width = frames.shape[2:4]
+        clips = [p for video_params in params for p in video_params]
+        source = [v for v, video_params in enumerate(params) for _ in video_params]
+        video_sizes = sizes.tolist() if sizes is not None else [[height, width]] * len(params)
+        clip_sizes = [video_sizes[v] for v in source]
+        padded = any(size != [height, width] for size in clip_sizes)
+        groups = plan_layers(clips, clip_sizes)
+        erased = [(i, p.erase, p.noise_seed) for i, p in enumerate(clips) if p.erase is not None]
+        ints = {
+            "source": source,
+            "sizes": clip_sizes,
+            "boxes": [p.box for p in clips],
+            "flips": [p.flip for p in clips],
+            "erased": [e[0] for e in erased],
+            "erase_boxes": [e[1] for e in erased] or np.zeros((0, 4)),
+            "seeds": [e[2] for e in erased],
+        }
+        ints |= {f"clips{k}": group.clips for k, group in enumerate(groups)}
+        floats = {f"args{k}": g.args for k, g in enumerate(groups) if g.kind != "lut" and g.args}
+        luts = [g for g in groups if g.kind == "lut"]
+        tables = lut_tables([op for g in luts for op in g.ops])
+        dev = frames.device
+        ints = to_device(ints, torch.int64, dev)
+        floats = to_device(floats, torch.float64, dev) if floats else {}
+        tables = iter(tables.to(dev, non_blocking=True).split([len(g.clips) for g in luts]))
+
+        x = frames.index_select(0, ints["source"]).permute(0, 1, 4, 2, 3).contiguous()
+        for k, group in enumerate(groups):  # x: [clips, T, 3, H, W] uint8
+            index = ints[f"clips{k}"]
+            sub = x.index_select(0, index)
+            sub_sizes = ints["sizes"].index_select(0, index) if padded else None
+            if group.kind == "lut":
+                out = _lut(sub, next(tables).view(-1, 1, 1, 256))
+            elif group.kind == "affine":
+                out = affine(sub, floats[f"args{k}"], FILL, sub_sizes)
+            else:
+                args = [floats[f"args{k}"].view(-1, 1, 1, 1, 1)] if group.args else []
+                kwargs = {"sizes": sub_sizes} if group.kind in SIZED else {}
+                out = OPS[group.kind](sub, *args, **kwargs)
+            x.index_copy_(0, index, out)
+        x = self.normalise(self.crop_resize_flip(x, ints["boxes"], ints["flips"]))
+        if erased:
+            total = sum(x.shape[1] * x.shape[2] * e[1][2] * e[1][3] for e in erased)
+            self.erase(x, ints["erased"], ints["erase_boxes"], ints["seeds"], total)
+        return x
+
+    def crop_resize_flip(self, x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor):
+        """[n, T, 3, H, W] uint8 and each clip's crop box (top, left, h, w) and flip -> the
+        crops resized bilinearly to S x S, mirrored where flipped: [n, 3, T, S, S] float32 (a
+        view). Four gathers of pixel rows (each moves all frames and channels), combined in
+        F.interpolate's CPU order: w00 x00 + w01 x01 + w10 x10 + w11 x11, w = h-weight x
+        w-weight in float32. A flip reverses the output columns' taps."""
+        n, t, c, height, width = x.shape
+        pixels = x.permute(0, 3, 4, 1, 2).reshape(n * height * width, t * c)
+        y0, y1, wy0, wy1 = linear_taps(boxes[:, 2], self.size)
+        x_taps = linear_taps(boxes[:, 3], self.size)
+        flip = flips.bool().unsqueeze(1)
+        x0, x1, wx0, wx1 = (torch.where(flip, v.flip(1), v) for v in x_taps)
+        first_row = torch.arange(n, device=x.device).unsqueeze(1) * height + boxes[:, :1]
+        out = None
+        for rows, wy in ((first_row + y0, wy0), (first_row + y1, wy1)):
+            for cols, wx in ((boxes[:, 1:2] + x0, wx0), (boxes[:, 1:2] + x1, wx1)):
+                index = (rows.unsqueeze(2) * width + cols.unsqueeze(1)).reshape(-1)
+                weight = (wy.unsqueeze(2) * wx.unsqueeze(1)).reshape(-1, 1)
+                term = pixels.index_select(0, index).to(torch.float32) * weight
+                out = term if out is None else out + term
+        return out.view(n, self.size, self.size, t, c).permute(0, 4, 3, 1, 2)
+
+    def erase(self, x, clips, boxes, seeds, total: int) -> None:
+        """Fill each erased clip's box (top, left, h, w; the same in every frame and channel)
+        of x [n, 3, T, S, S] with `erase_noise` of its seed, counted as in `clip`: all boxes'
+        pixels in one scatter. total: the number of erased values (known on the host)."""
+        planes, size = x.shape[1] * x.shape[2], self.size
+        area = boxes[:, 2] * boxes[:, 3]
+        counts = planes * area
+        owner = torch.repeat_interleave(
+            torch.arange(len(clips), device=x.device), counts, output_size=total
         )
+        counter = torch.arange(total, device=x.device) - (counts.cumsum(0) - counts)[owner]
+        box, area = boxes[owner], area[owner]
+        plane, rest = counter // area, counter % area
+        row, col = box[:, 0] + rest // box[:, 3], box[:, 1] + rest % box[:, 3]
+        where = ((clips[owner] * planes + plane) * size + row) * size + col
+        x.view(-1).index_copy_(0, where, erase_noise(seeds[owner], counter))

@@ -520,7 +520,7 @@ class TrainDataset(_SplitVideos):
                 frames = torch.from_numpy(frames)
                 if self.augmenter is None:
                     return frames, params, labels, video
-                return self.augmenter.batch([frames], [params]), labels, video
+                return torch.stack([self.augmenter.clip(frames, p) for p in params]), labels, video
         raise RuntimeError(
             f"{self.csv_path}: {len(tried)} consecutive videos from index {index} "
             f"failed to decode: {tried}"
@@ -674,13 +674,17 @@ def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]):
 
 
 def train_collate_frames(batch: list[tuple]):
-    """Items of a TrainDataset(apply_augment=False): (frames [list of [T, H, W, 3] uint8, sizes
-    may differ], params [list of each video's ClipParams], labels [B*num_sample], index
-    [B*num_sample]), for `augment.ClipAugmenter.batch` on the training device."""
+    """Items of a TrainDataset(apply_augment=False) -> (frames [B, T, H, W, 3] uint8 padded to
+    the batch's largest frame, sizes [B, 2] (each video's h, w), params [each video's list of
+    ClipParams], labels [B*num_sample], index [B*num_sample]), for
+    `augment.ClipAugmenter.batch` on the training device: the padding is done here, in the
+    workers, so the batch crosses to the device in one copy."""
     frames, params, labels, index = zip(*batch, strict=False)
     counts = torch.tensor([len(p) for p in params])
+    frames, sizes = augment.pad_frames(frames)
     return (
-        list(frames),
+        frames,
+        sizes,
         list(params),
         torch.cat(labels),
         torch.tensor(index).repeat_interleave(counts),
