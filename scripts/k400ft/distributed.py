@@ -23,6 +23,9 @@ import torch.distributed as dist
 from k400ft.io import die_with_parent, load_json_arg
 
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective that waits longer is a hung rank
+# beside NCCL, a gloo group for the small decisions made every step (`any_rank`): reducing
+# them on the host needs no device sync, so the host keeps issuing work ahead of the GPU
+_HOST_GROUP: dist.ProcessGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ def init(device: str | None = None) -> DistInfo:
             timeout=TIMEOUT,
             **({"device_id": torch_device} if kind == "cuda" else {}),
         )
+        if kind == "cuda":
+            global _HOST_GROUP
+            _HOST_GROUP = dist.new_group(backend="gloo", timeout=TIMEOUT)
     return DistInfo(rank, local_rank, world_size, torch_device)
 
 
@@ -128,14 +134,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def any_rank(flags: Sequence[bool], device: torch.device) -> list[bool]:
-    """For each flag: True on every rank when it is True on at least one (one all-reduce).
+def any_rank(flags: Sequence[bool]) -> list[bool]:
+    """For each flag: True on every rank when it is True on at least one (one all-reduce, on
+    the host: it waits for no device work).
 
     E.g. [a signal reached this rank, a timed save is due]: all ranks then act at the same step."""
     if not active():
         return [bool(flag) for flag in flags]
-    value = torch.tensor([1 if flag else 0 for flag in flags], dtype=torch.int32, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    value = torch.tensor([1 if flag else 0 for flag in flags], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
     return [bool(v) for v in value.tolist()]
 
 

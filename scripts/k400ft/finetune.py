@@ -83,7 +83,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from k400ft import augment, distributed, models, provenance, state, video
+from k400ft import augment, distributed, feed, models, provenance, state, video
 from k400ft.io import atomic_write
 
 log = logging.getLogger("k400ft.finetune")
@@ -527,6 +527,8 @@ class Finetune:
         self.log_path = self.state_dir / "train_log.jsonl"
         self.writer: SummaryWriter | None = None
         self.model: nn.Module = self.net  # what forward runs: maybe compiled, DDP-wrapped
+        self.pending_loss: feed.LateLoss | None = None  # the last step's, read back late
+        self.window: dict = {}  # the steps since the last log line
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -606,6 +608,7 @@ class Finetune:
 
     def save(self, reason: str) -> None:
         """Every rank calls this at the same point; rank 0 writes the state."""
+        self.settle_loss()
         mine = {"rng": state.rng_state(self.device), "loss_sum": self.progress.loss_sum}
         ranks = distributed.all_gather_object(mine)
         if self.info.is_primary:
@@ -641,7 +644,7 @@ class Finetune:
             self.info.is_primary
             and time.monotonic() - self.last_save >= 60 * self.recipe["checkpoint_minutes"]
         )
-        stop, save_due = distributed.any_rank([self.stop_signal is not None, due], self.device)
+        stop, save_due = distributed.any_rank([self.stop_signal is not None, due])
         if stop:
             self.save("signal")
             raise StopRequested
@@ -685,7 +688,10 @@ class Finetune:
         )
 
     def train_one_epoch(self, epoch: int) -> None:
-        """Optimiser steps from progress.step_in_epoch to the end of the epoch."""
+        """Optimiser steps from progress.step_in_epoch to the end of the epoch. The host never
+        waits for the step it issues: the next batch is made ahead (`feed.Feeder`) and each
+        step's loss is read back one step late (`feed.LateLoss`, settled before every log and
+        save)."""
         plan, progress = self.plan, self.progress
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(progress.step_in_epoch * plan.accumulation * plan.batch_per_gpu)
@@ -700,10 +706,15 @@ class Finetune:
             dynamic_ncols=True,
             mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
-        window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+        self.window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
         clips_per_step = plan.global_batch * plan.num_sample
         timed_steps, timed_start = 0, None
-        batches = iter(self.train_loader)
+        feeder = feed.Feeder(
+            iter(self.train_loader),
+            functools.partial(feed.prepare, device=self.device, augmenter=self.augmenter),
+            self.device,
+            (plan.steps_per_epoch - progress.step_in_epoch) * plan.accumulation,
+        )
         while progress.step_in_epoch < plan.steps_per_epoch:
             lr = lr_at_step(
                 progress.global_step, plan.lr, plan.min_lr, plan.warmup_steps, plan.total_steps
@@ -712,10 +723,7 @@ class Finetune:
                 group["lr"] = lr * group["lr_scale"]
             step_loss = torch.zeros((), device=self.device)
             for micro in range(plan.accumulation):
-                wait_start = time.perf_counter()
-                batch = next(batches)
-                window["wait"] += time.perf_counter() - wait_start
-                clips, labels = self.on_device(batch)
+                clips, labels = feeder.take()
                 if self.mixup is not None:
                     clips, targets = mix_clips(self.mixup, clips, labels)
                 else:
@@ -730,28 +738,26 @@ class Finetune:
                     with self.autocast():
                         loss = self.criterion(self.model(clips), targets)
                     self.scaler.scale(loss / plan.accumulation).backward()
+                feeder.fetch()  # the next batch, made while this step runs on the device
                 step_loss += loss.detach() / plan.accumulation
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            loss_value = step_loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"loss is {loss_value} at epoch {epoch}, step "
-                    f"{progress.step_in_epoch} (global {progress.global_step})"
-                )
+            where = f"epoch {epoch}, step {progress.step_in_epoch} (global {progress.global_step})"
+            self.settle_loss()  # the previous step's: its work is done or nearly
+            self.pending_loss = feed.LateLoss(step_loss, where)
             progress.step_in_epoch += 1
             progress.global_step += 1
-            progress.loss_sum += loss_value
-            window["loss"] += loss_value
-            window["steps"] += 1
+            self.window["steps"] += 1
             bar.update(1)
             if (
                 progress.step_in_epoch % plan.log_every == 0
                 or progress.step_in_epoch == plan.steps_per_epoch
             ):
-                self.log_steps(epoch, lr, window, clips_per_step, bar)
-                window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+                self.settle_loss()
+                self.window["wait"] += feeder.pop_wait()
+                self.log_steps(epoch, lr, self.window, clips_per_step, bar)
+                self.window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
             timed_steps += 1
             if timed_steps == 1:
                 timed_start = time.perf_counter()  # the first step pays for start-up
@@ -763,16 +769,19 @@ class Finetune:
                 self.projected = True
             if progress.step_in_epoch < plan.steps_per_epoch:
                 self.check_stop()
+        self.settle_loss()
         bar.close()
 
-    def on_device(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        """A train batch as (clips, labels) on the device: moved; with augment_on device, the
-        decoded frames are moved and the clips made there from the workers' parameters."""
-        labels = batch[-2].to(self.device, non_blocking=True)
-        if self.augmenter is None:
-            return batch[0].to(self.device, non_blocking=True), labels
-        frames = [f.to(self.device, non_blocking=True) for f in batch[0]]
-        return self.augmenter.batch(frames, batch[1]), labels
+    def settle_loss(self) -> None:
+        """Account the step loss read back late (if one is pending) into the epoch's sum and
+        the log window; a non-finite loss raises here, naming its epoch and step. Called
+        before every log and save, so neither ever sees a step whose loss is unread."""
+        if self.pending_loss is None:
+            return
+        value = self.pending_loss.value()
+        self.pending_loss = None
+        self.progress.loss_sum += value
+        self.window["loss"] += value
 
     def log_steps(
         self, epoch: int, lr: float, window: dict, clips_per_step: int, bar: tqdm
