@@ -24,9 +24,14 @@ Measured and printed:
   matmul in the step's dtype ("MFU vs measured GEMM", a different and kinder yardstick);
 - peak GPU memory;
 - with the real loader (TrainDataset, augmentation where `data.augment_on` puts it,
-  `--workers` processes, on K400-like
-  mp4 files written here or a split CSV given with --train-csv): the loader's own clips/s, and
-  the train step fed by it: clips/s and the share of step time spent waiting for data;
+  `--workers` processes, on K400-like mp4 files written here or a split CSV given with
+  --train-csv): the loader's own clips/s, and the engine's fed loop (the next batch made on
+  the device while a step runs, the loss read a step late): clips/s and the share of step
+  time spent waiting for data, both over a steady-state window (after workers x
+  prefetch_factor batches, over at least 3 batches of every worker); and the fed step taken
+  apart, each part waited for: loader wait, host-to-device copy, augmentation, model step;
+- "model alone" runs on clips already on the device (no copy), and on CUDA without
+  --compile the compiled model alone too;
 - forward-only clips/s (the per-epoch single-view validation);
 - the projection of the full run (k400ft.finetune.project_cost): optimiser steps of the
   config's global batch over `--train-videos` for `recipe.epochs`, each taking accumulation x
@@ -156,11 +161,21 @@ def report(r: dict, cfg: dict, args: argparse.Namespace) -> None:
     if "peak_mem_gib" in r:
         print(f"  peak GPU memory {r['peak_mem_gib']:.2f} GiB")
     print(f"  forward only (validation): {r['val_clips_per_s']:.2f} clips/s")
+    if "compiled_clips_per_s" in r:
+        print(f"  compiled model alone: {r['compiled_clips_per_s']:.2f} clips/s")
     if "loader_clips_per_s" in r:
+        window = r["fed_window"]
         print(
             f"  real loader, {args.workers} workers: {r['loader_clips_per_s']:.2f} clips/s alone; "
-            f"train step fed by it: {r['fed_clips_per_s']:.2f} clips/s, waiting for data "
-            f"{100 * r['data_wait']:.0f}% of the step time"
+            f"the engine's fed loop: {r['fed_clips_per_s']:.2f} clips/s "
+            f"({100 * r['fed_clips_per_s'] / r['clips_per_s']:.0f}% of the model alone), "
+            f"waiting for data {100 * r['data_wait']:.0f}% of the step time (after "
+            f"{window['warmup_batches']} batches, over {window['timed_batches']})"
+        )
+        parts = r["fed_parts"]
+        print(
+            "  fed step taken apart (median ms, each part waited for): "
+            + ", ".join(f"{name[:-3]} {value:.1f}" for name, value in parts.items())
         )
     unit = "GPU" if args.device == "cuda" else "CPU-process"
     print(

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from k400ft import augment, decoders, distributed, evaluate, video
+from k400ft import augment, decoders, distributed, evaluate, feed, video
 from k400ft import finetune as ft
 from k400ft.io import atomic_write
 from k400ft.models import build_model
@@ -54,6 +54,9 @@ GPU_PEAK_TFLOPS = {
 }
 DATA_BOUND = 0.10  # a fed step waiting for data more than this share of its time is data-bound
 MEMORY_HEADROOM = 0.85  # batch growth is suggested up to this share of the GPU's memory
+PREFETCH = 2  # batches each loader worker makes ahead (video.make_loader's prefetch_factor)
+ROUNDS = 3  # a fed rate is timed over at least this many batches of every worker
+COMPILE_GAIN = 1.05  # recipe.compile is advised when the compiled model is this much faster
 
 
 def synchronize(device: torch.device) -> None:
@@ -142,8 +145,12 @@ class Trainer:
         self.augmenter = augment.ClipAugmenter(spec["data"]) if placement == "device" else None
 
     def clips(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Synthetic clips and labels, made on the device: "model alone" copies nothing."""
         shape = (count, 3, self.arch["num_frames"], self.arch["img_size"], self.arch["img_size"])
-        return torch.randn(shape), torch.randint(0, self.num_classes, (count,))
+        return (
+            torch.randn(shape, device=self.device),
+            torch.randint(0, self.num_classes, (count,), device=self.device),
+        )
 
     def autocast(self):
         return torch.autocast(
@@ -152,59 +159,101 @@ class Trainer:
             enabled=self.precision != "fp32",
         )
 
-    def step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
-        clips = clips.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+    def forward_backward(self, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mixup/CutMix, autocast forward, loss, backward; returns the loss (on the device)."""
         clips, targets = ft.mix_clips(self.mixup, clips, labels) if self.mixup else (clips, labels)
         if self.channels_last:
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
         with self.autocast():
             loss = self.criterion(self.model(clips), targets)
         self.scaler.scale(loss).backward()
+        return loss.detach()
+
+    def optimiser_step(self) -> None:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def fed_step(self, *batch) -> None:
-        """A loader batch: clips, or (augment_on device) frames + parameters made into clips
-        on the device first, as `Finetune.on_device` does."""
-        if self.augmenter is None:
-            self.step(batch[0], batch[-2])
-            return
-        frames = [f.to(self.device, non_blocking=True) for f in batch[0]]
-        self.step(self.augmenter.batch(frames, batch[1]), batch[-2])
+    def step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
+        """One step on clips already on the device."""
+        self.forward_backward(clips, labels)
+        self.optimiser_step()
+
+    def prepare(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch -> (clips, labels) on the device, as the engine makes them."""
+        return feed.prepare(batch, self.device, self.augmenter)
 
     @torch.no_grad()
     def forward(self, clips: torch.Tensor) -> None:
         with self.autocast():
-            self.model(clips.to(self.device, non_blocking=True))
+            self.model(clips)
 
 
 def time_steps(
     function: Callable, batches: Iterable, warmup: int, steps: int, device: torch.device
 ) -> dict:
-    """Median and mean seconds per call of function(*batch) after `warmup` calls; with a loader
-    as `batches`, the share of the time spent waiting for it; and the first call's seconds (a
-    loader's start: its workers and first batch)."""
-    times, waits, first = [], [], 0.0
+    """Median and mean seconds per call of function(*batch) after `warmup` calls, each call
+    waited for; and the first call's seconds (a loader's start: its workers and first batch)."""
+    times, first = [], 0.0
     iterator = iter(batches)
     for index in range(warmup + steps):
         start = time.perf_counter()
-        batch = next(iterator)
-        fetched = time.perf_counter()
-        function(*batch)
+        function(*next(iterator))
         synchronize(device)
         if index == 0:
             first = time.perf_counter() - start
         if index >= warmup:
             times.append(time.perf_counter() - start)
-            waits.append(fetched - start)
-    return {
-        "first_s": first,
-        "step_s": statistics.median(times),
-        "mean_s": sum(times) / len(times),
-        "data_wait": sum(waits) / sum(times),
-    }
+    return {"first_s": first, "step_s": statistics.median(times), "mean_s": sum(times) / len(times)}
+
+
+def time_fed(trainer: Trainer, batches: Iterator, warmup: int, steps: int) -> dict:
+    """The engine's fed loop (`feed.Feeder`: the next batch made on the device while this step
+    runs; the loss read one step late), timed over `steps` steps after `warmup`: seconds per
+    step and the share of it spent waiting for the loader."""
+    device = trainer.device
+    feeder = feed.Feeder(batches, trainer.prepare, device, warmup + steps)
+    pending, start = None, time.perf_counter()
+    for index in range(warmup + steps):
+        if index == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+            feeder.pop_wait()
+        loss = trainer.forward_backward(*feeder.take())
+        feeder.fetch()
+        trainer.optimiser_step()
+        late = feed.LateLoss(loss, f"step {index}")
+        if pending is not None:
+            pending.value()
+        pending = late
+    pending.value()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {"step_s": elapsed / steps, "data_wait": feeder.pop_wait() / elapsed}
+
+
+def time_parts(trainer: Trainer, batches: Iterator, steps: int) -> dict[str, float]:
+    """The fed step taken apart, each part waited for: median ms of waiting for the loader,
+    the host-to-device copy, the augmentation on the device (0 with augment_on workers) and
+    the model step (Mixup, forward, backward, AdamW)."""
+    device, on_device = trainer.device, trainer.augmenter is not None
+    parts: dict[str, list[float]] = {"wait": [], "copy": [], "augment": [], "model": []}
+    for _ in range(steps):
+        marks = [time.perf_counter()]
+        batch = next(batches)
+        marks.append(time.perf_counter())
+        moved = feed.move(batch, device, on_device)
+        synchronize(device)
+        marks.append(time.perf_counter())
+        clips, labels = feed.make_clips(moved, trainer.augmenter)
+        synchronize(device)
+        marks.append(time.perf_counter())
+        trainer.step(clips, labels)
+        synchronize(device)
+        marks.append(time.perf_counter())
+        for name, begin, end in zip(parts, marks, marks[1:], strict=False):
+            parts[name].append(end - begin)
+    return {f"{name}_ms": 1e3 * statistics.median(values) for name, values in parts.items()}
 
 
 def repeat(value):
@@ -242,6 +291,13 @@ def endless(loader) -> Iterator[tuple]:
         epoch += 1
 
 
+def steady_window(workers: int, steps: int, prefetch: int = PREFETCH) -> tuple[int, int]:
+    """(warm-up, timed) batches for a rate fed by a loader of `workers` workers: the warm-up
+    drains the batches the workers made ahead (workers x prefetch, their first burst), the
+    timed window spans at least ROUNDS batches of every worker (pure)."""
+    return max(workers * prefetch, 1), max(steps, ROUNDS * max(workers, 1))
+
+
 def measure_model(
     spec: dict,
     device: torch.device,
@@ -256,7 +312,12 @@ def measure_model(
     workers: int = 0,
     loader_batches: int = 10,
 ) -> dict:
-    """Every figure of one model at one setting. spec: {arch, recipe, data, num_classes}."""
+    """Every figure of one model at one setting. spec: {arch, recipe, data, num_classes}.
+
+    "Model alone" is the step on clips already on the device (no copy: the engine's copies
+    overlap its steps); with `csv`, the loader alone and the engine's fed loop are timed over
+    a steady-state window (`steady_window`), and the fed step is taken apart (`time_parts`).
+    On CUDA without compile, the compiled model alone is timed too."""
     clips_per_step = batch * spec["data"]["augment"]["num_sample"]
     built = time.perf_counter()
     trainer = Trainer(spec, device, precision, compile_model, channels_last)
@@ -290,20 +351,33 @@ def measure_model(
     result["val_clips_per_s"] = clips_per_step / val["step_s"]
     if csv is not None:
         loader = train_loader(spec, csv, batch, workers, device)
+        burst, window = steady_window(workers, max(steps, loader_batches))
         try:
-            alone = time_steps(lambda *b: None, endless(loader), 1, loader_batches, device)
+            batches = endless(loader)
+            started = time.perf_counter()
+            next(batches)
+            result["loader_start_s"] = time.perf_counter() - started
+            alone = time_steps(lambda *b: None, batches, burst, window, device)
             result["workers"] = workers
             result["loader_clips_per_s"] = clips_per_step / alone["mean_s"]
-            result["loader_start_s"] = alone["first_s"]
-            fed = time_steps(trainer.fed_step, endless(loader), warmup, steps, device)
+            fed = time_fed(trainer, batches, burst, window)
+            parts = time_parts(trainer, batches, steps)
         finally:
             video.close_loaders(loader)
-        result["fed_step_s"] = fed["mean_s"]
-        result["fed_clips_per_s"] = clips_per_step / fed["mean_s"]
+        result["fed_window"] = {"warmup_batches": burst, "timed_batches": window}
+        result["fed_step_s"] = fed["step_s"]
+        result["fed_clips_per_s"] = clips_per_step / fed["step_s"]
         result["data_wait"] = fed["data_wait"]
+        result["fed_parts"] = parts
     if device.type == "cuda":
         result["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         result["gpu_mem_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+        if not compile_model:  # what recipe.compile would give
+            compiled = Trainer(spec, device, precision, True, channels_last)
+            timed = time_steps(
+                compiled.step, repeat(compiled.clips(clips_per_step)), warmup, steps, device
+            )
+            result["compiled_clips_per_s"] = clips_per_step / timed["step_s"]
     return result
 
 
@@ -449,6 +523,12 @@ def recommendations(
                     "turn on data.transcode: a short-keyframe copy makes each clip's decode "
                     "cheaper (README: short-keyframe copies)"
                 )
+    compiled, eager = figures.get("compiled_clips_per_s"), figures["clips_per_s"]
+    if compiled and not figures.get("compile") and compiled > COMPILE_GAIN * eager:
+        advice.append(
+            f"set recipe.compile: true: the compiled model alone makes {compiled:.1f} clips/s, "
+            f"{100 * (compiled / eager - 1):.0f}% more than eager ({eager:.1f})"
+        )
     peak, total = figures.get("peak_mem_gib"), figures.get("gpu_mem_gib")
     if peak and total:
         batch = figures["batch_videos"]
@@ -595,6 +675,28 @@ def render_markdown(plan: dict) -> str:
             f"{_hours(p['train_wall_h'])} | {p['train_gpu_h']:.1f} | "
             f"{_hours(p.get('eval_wall_h', 0))} | {p.get('eval_gpu_h', 0):.2f} | {memory} |"
         )
+    parted = {
+        name: m["figures"] for name, m in plan["models"].items() if "fed_parts" in m["figures"]
+    }
+    if parted:
+        lines += [
+            "",
+            "The fed step taken apart (median ms, each part waited for), and the engine's "
+            "pipelined fed step against the model alone on clips already on the device:",
+            "",
+            "| Model | loader wait | host-to-device | augmentation | model step | fed step "
+            "| fed / alone | compiled alone (clips/s) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, f in parted.items():
+            p = f["fed_parts"]
+            compiled = f.get("compiled_clips_per_s")
+            lines.append(
+                f"| {name} | {p['wait_ms']:.1f} | {p['copy_ms']:.1f} | {p['augment_ms']:.1f} | "
+                f"{p['model_ms']:.1f} | {1e3 * f['fed_step_s']:.1f} | "
+                f"{100 * f['fed_clips_per_s'] / f['clips_per_s']:.0f}% | "
+                + (f"{compiled:.1f} |" if compiled else "- |")
+            )
     compared = plan.get("decoders")
     if compared:
         lines += [
