@@ -79,7 +79,7 @@ DATA = {
     "augment": {
         "rand_augment": "rand-m7-n4-mstd0.5-inc1",
         "scale": [0.08, 1.0],
-        "ratio": [0.75, 1.3333333333333333],
+        "ratio": [0.75, 1.3333],  # upstream's literals
         "hflip": 0.5,
         "reprob": 0.25,
         "num_sample": 2,

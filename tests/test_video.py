@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 from videos import frame_number, frame_pattern, write_mp4, write_pattern_mp4
 
+from k400ft import augment as A
 from k400ft import video as V
 
 torch.set_num_threads(1)
@@ -226,6 +227,147 @@ def test_random_resized_crop_box_matches_torchvision_distribution():
     for column in range(4):  # top, left, h, w: means agree within sampling noise
         spread = theirs[:, column].std() / math.sqrt(3000)
         assert abs(ours[:, column].mean() - theirs[:, column].mean()) < 5 * spread
+
+
+def upstream_crop_box(height, width, scale, ratio):
+    """REFERENCE.md section 3's `_get_param_spatial_crop`, restated from its description: each
+    of up to 10 tries draws the area and the log-aspect from Python's global stream, then
+    evaluates `np.random.uniform() < 0.5 and switch_hw` (switch_hw False for train clips), then
+    checks the fit; the fitting try draws top and left; else the centred fallback.
+    Returns (box, tries)."""
+    frame_area = height * width
+    low, high = math.log(ratio[0]), math.log(ratio[1])
+    for tries in range(1, 11):
+        area_draw = random.uniform(scale[0], scale[1])
+        aspect_draw = random.uniform(low, high)
+        switch_hw = False
+        if np.random.uniform() < 0.5 and switch_hw:
+            raise AssertionError("switch_hw is False for train clips")
+        target, aspect = area_draw * frame_area, math.exp(aspect_draw)
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < h <= height and 0 < w <= width:
+            return (random.randint(0, height - h), random.randint(0, width - w), h, w), tries
+    frame_ratio = float(width) / float(height)
+    h, w = height, width
+    if frame_ratio < min(ratio):
+        h = int(round(width / min(ratio)))
+    elif frame_ratio > max(ratio):
+        w = int(round(height * max(ratio)))
+    return ((height - h) // 2, (width - w) // 2, h, w), tries
+
+
+def _seed_streams(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _assert_same_streams(python_state, expected_python, numpy_state, expected_numpy):
+    """Both streams at the same position: Python's state tuples equal, numpy's
+    ('MT19937', key, pos, has_gauss, cached_gaussian) equal field by field."""
+    assert python_state == expected_python
+    assert numpy_state[0] == expected_numpy[0]
+    assert np.array_equal(numpy_state[1], expected_numpy[1])
+    assert numpy_state[2:] == expected_numpy[2:], "numpy's stream is at a different position"
+
+
+UPSTREAM_RATIO = (0.75, 1.3333)  # kinetics.py:191's literals
+# (height, width, scale): a K400-like frame (mostly the first try), a flat strip (failed tries,
+# then a fit), a 4 px strip (never fits: the fallback after 10 tries)
+CROP_CASES = [(240, 320, (0.08, 1.0)), (20, 200, (0.08, 1.0)), (4, 400, (0.08, 1.0))]
+
+
+@pytest.mark.parametrize("own_rng", [False, True], ids=["global", "rng"])
+def test_random_resized_crop_box_draws_exactly_as_upstreams_loop(own_rng):
+    """Box and both streams' positions afterwards equal the restated upstream loop's, for 200
+    seeds on frames that take one try, several, or the fallback; with `rng` the Python draws
+    come from it and Python's global stream is left alone."""
+    tries_seen = set()
+    for seed in range(200):
+        for height, width, scale in CROP_CASES:
+            _seed_streams(seed)
+            expected, tries = upstream_crop_box(height, width, scale, UPSTREAM_RATIO)
+            tries_seen.add(tries)
+            expected_python, expected_numpy = random.getstate(), np.random.get_state()
+            _seed_streams(seed)
+            if own_rng:
+                rng = random.Random(seed)
+                random.seed(seed + 1)
+                untouched = random.getstate()
+                box = A.random_resized_crop_box(height, width, scale, UPSTREAM_RATIO, rng)
+                assert random.getstate() == untouched
+                python_state = rng.getstate()
+            else:
+                box = A.random_resized_crop_box(height, width, scale, UPSTREAM_RATIO)
+                python_state = random.getstate()
+            assert box == expected, (seed, height, width)
+            _assert_same_streams(
+                python_state, expected_python, np.random.get_state(), expected_numpy
+            )
+    assert {1, 2, 3, 10} <= tries_seen  # first try, later tries, and the fallback all ran
+
+
+def _replay_clip(sampler, seed, crop_python_draws, tries):
+    """Seed both streams and make, by hand, the draws one train clip should take: timm's
+    RandAugment (numpy op choice + Python per-op draws, the sampler's own), the crop's Python
+    draws, one numpy draw per crop try, the flip (numpy), the erasing box (Python)."""
+    _seed_streams(seed)
+    sampler.rand_augment([])
+    crop_python_draws()
+    for _ in range(tries):
+        np.random.uniform()
+    np.random.uniform()  # the flip
+    if sampler.reprob > 0:
+        A.erase_box(sampler.reprob, sampler.size, sampler.size)
+    return random.getstate(), np.random.get_state()
+
+
+def test_a_train_clip_takes_one_numpy_draw_per_crop_try_fallback():
+    """A 4 x 400 frame never fits a crop (h >= 9 px at 8% of the area): 10 tries, 20 Python
+    draws (area, aspect) and 10 numpy draws in the crop, then the centred fallback; the
+    flip reads numpy's stream 10 draws on."""
+    sampler = A.ClipSampler(DATA)
+    assert sampler.ratio == UPSTREAM_RATIO  # the configs carry upstream's literals
+
+    def crop_python_draws():
+        for _ in range(10):
+            random.uniform(0.0, 1.0), random.uniform(0.0, 1.0)
+
+    for seed in range(20):
+        _seed_streams(seed)
+        params = sampler.draw(4, 400)
+        after = random.getstate(), np.random.get_state()
+        assert params.box == (0, 197, 4, 5)  # centred, 4 px high at the widest ratio 1.3333
+        expected = _replay_clip(sampler, seed, crop_python_draws, tries=10)
+        _assert_same_streams(after[0], expected[0], after[1], expected[1])
+
+
+def test_a_train_clip_takes_a_numpy_draw_on_the_accepted_try_too(monkeypatch):
+    """Python's uniform scripted so that the crop's first two tries fail (the whole area at
+    aspect 0.75: 64 px high on a 48 px frame) and the third fits (a quarter of the area at
+    aspect 1: 28 x 28): 3 numpy draws in the crop (the accepted try's included) plus the
+    flip; the Python stream moves by RandAugment's draws and the two randints alone."""
+    data = copy.deepcopy(DATA)
+    data["augment"]["reprob"] = 0.0
+    sampler = A.ClipSampler(data)
+    script = [1.0, math.log(0.75), 1.0, math.log(0.75), 0.25, 0.0]
+    for seed in range(20):
+        values = iter(script)
+        monkeypatch.setattr(random, "uniform", lambda low, high, values=values: next(values))
+        _seed_streams(seed)
+        params = sampler.draw(48, 64)
+        after = random.getstate(), np.random.get_state()
+        assert next(values, None) is None  # exactly 3 tries' area and aspect draws
+        top, left, h, w = params.box
+        assert (h, w) == (28, 28)
+
+        def crop_python_draws():
+            random.randint(0, 48 - 28), random.randint(0, 64 - 28)
+
+        expected = _replay_clip(sampler, seed, crop_python_draws, tries=3)
+        _assert_same_streams(after[0], expected[0], after[1], expected[1])
+        _seed_streams(seed)
+        sampler.rand_augment([])
+        assert (top, left) == (random.randint(0, 20), random.randint(0, 36))
 
 
 # ---------------------------------------------------------------------------- decoding

@@ -71,12 +71,16 @@ def random_resized_crop_box(
     rng: random.Random | None = None,
 ) -> tuple[int, int, int, int]:
     """(top, left, h, w) of a random resized crop: upstream `_get_param_spatial_crop`, which
-    has torchvision's `RandomResizedCrop.get_params` semantics.
+    has torchvision's `RandomResizedCrop.get_params` semantics and upstream's draws.
 
     Up to 10 tries: area ~ U(scale) * H * W, aspect = exp(U(log ratio)), w = round(sqrt(area *
-    aspect)), h = round(sqrt(area / aspect)); accepted if 0 < w <= W and 0 < h <= H, then
-    top ~ U{0..H-h}, left ~ U{0..W-w}. Else a centred crop of the whole frame clamped to the
-    ratio range. rng: a random.Random, default Python's global one (as upstream).
+    aspect)), h = round(sqrt(area / aspect)), then one numpy draw (upstream evaluates
+    `np.random.uniform() < 0.5 and switch_hw` on every try, the accepted one included, though
+    switch_hw is False for train clips); accepted if 0 < w <= W and 0 < h <= H, then
+    top ~ U{0..H-h}, left ~ U{0..W-w}. Else (10 numpy draws made) a centred crop of the whole
+    frame clamped to the ratio range. rng: a random.Random for the Python draws, default
+    Python's global one (as upstream); the numpy draws are always numpy's global stream's, so
+    the flip and the next clip's RandAugment read it where upstream's do.
     """
     draw = rng if rng is not None else random  # the module's functions use its global Random
     area = height * width
@@ -86,6 +90,7 @@ def random_resized_crop_box(
         aspect = math.exp(draw.uniform(*log_ratio))
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
+        np.random.uniform()  # upstream's switch_hw draw: its value is unused (switch_hw False)
         if 0 < w <= width and 0 < h <= height:
             return draw.randint(0, height - h), draw.randint(0, width - w), h, w
     in_ratio = width / height

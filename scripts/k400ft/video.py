@@ -10,7 +10,7 @@ Upstream, as we reproduce it:
   (2) augmented clips from those frames. Per clip: RandAugment with ONE draw for all frames,
   on the full-size uint8 frames, bicubic, fill (128, 128, 128) (upstream's
   `create_random_augment` passes no `img_mean`); /255 and ImageNet normalisation; random
-  resized crop (scale 0.08-1, log-uniform ratio 3/4-4/3, 10 tries, centre fallback) resized
+  resized crop (scale 0.08-1, log-uniform ratio 0.75-1.3333, 10 tries, centre fallback) resized
   bilinearly to `input_size`; horizontal flip p 0.5; random erasing p 0.25, mode pixel, one
   box at the same place in every frame with fresh N(0, 1) noise per frame (upstream's
   `RandomErasing(cube=True)`).
