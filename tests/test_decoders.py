@@ -19,6 +19,7 @@ from videos import (
     frame_pattern,
     packet_spans,
     truncate,
+    write_audio_only,
     write_pattern_mp4,
     write_variant,
 )
@@ -96,15 +97,7 @@ def test_pyav_errors_name_the_problem(variants, tmp_path):
     garbage.write_bytes(b"not a video " * 200)
     with pytest.raises(av.error.InvalidDataError):
         D.open_video(garbage, "pyav")
-    sound = tmp_path / "sound.m4a"
-    with av.open(str(sound), "w") as container:
-        stream = container.add_stream("aac", rate=8000)
-        frame = av.AudioFrame.from_ndarray(
-            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
-        )
-        frame.sample_rate, frame.pts = 8000, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    sound = write_audio_only(tmp_path / "sound.m4a")
     with pytest.raises(ValueError, match="no video stream"):
         D.open_video(sound, "pyav")
     with pytest.raises(IndexError, match=f"outside 0..{FRAMES - 1}"):
@@ -201,6 +194,17 @@ def test_an_mp4_cut_between_packets_is_truncated_for_pyav_and_the_probe(tmp_path
     with av.open(str(skipped)) as container:
         assert container.streams.video[0].frames == 60
     assert len(D.open_video(skipped, "pyav")) == len(D.open_video(skipped, "decord")) < 60
+
+
+@pytest.mark.parametrize("decoder", D.DECODERS)
+def test_an_audio_only_file_has_no_video_stream_for_both_decoders(tmp_path, caplog, decoder):
+    """decord said only "Check failed: st_nb >= 0 ..."; both now say `<file>: no video stream`
+    when it is opened, in the train log and in the evaluation's list of excluded videos."""
+    sound = write_audio_only(tmp_path / "sound.mp4")
+    warning, reason = broken_in_the_data_path(tmp_path, caplog, decoder, sound)
+    assert reason == f"{sound}: no video stream" and f"({reason})" in warning
+    with pytest.raises(D.BrokenVideoError, match=f"^{re.escape(str(sound))}: no video stream$"):
+        D.open_video(sound, decoder)
 
 
 def test_pyav_reader_leaves_no_file_open(variants):

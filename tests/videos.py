@@ -148,6 +148,24 @@ def write_variant(
     return path
 
 
+def write_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 8000) -> Path:
+    """An AAC track and no video stream (an .m4a, or an .mp4 a download left without video):
+    a 440 Hz tone, so the file is not under the splits probe's 1 KiB."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        for start in range(0, int(seconds * rate), 1024):
+            tone = np.sin(2 * np.pi * 440 * (start + np.arange(1024)) / rate)
+            frame = av.AudioFrame.from_ndarray(
+                tone.astype(np.float32)[None], format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def truncate(path: str | Path, dest: str | Path, size: int) -> Path:
     """A copy of `path` cut short, as an interrupted download leaves it: its first `size`
     bytes."""

@@ -22,9 +22,10 @@ in increasing order. `data.decoder` in config.yaml picks one (README, "Video dec
 Both decode with one thread: the parallelism is the DataLoader's workers. Drop a reader as soon
 as its frames are read (decord's thread keeps decoding ahead while the reader lives).
 
-PyAV raises BrokenVideoError naming the file for an mp4 whose video packets end before its
-index says they do (`index_shortfall`; decord refuses such a file when the cut falls inside a
-packet, as it usually does).
+A file that is not a whole video raises BrokenVideoError naming it, with either decoder: no
+video stream (decord itself says only "Check failed: st_nb >= 0"), or, with PyAV, an mp4 whose
+video packets end before its index says they do (`index_shortfall`; decord refuses such a file
+when the cut falls inside a packet, as it usually does).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class FrameNotFoundError(RuntimeError):
 
 
 class BrokenVideoError(ValueError):
-    """A file that is not a whole video: its video packets end before its index says they do
-    (a download cut short). The message starts with the path."""
+    """A file that is not a whole video: it has no video stream, or its video packets end
+    before its index says they do (a download cut short). The message starts with the path."""
 
 
 class PyAVVideo:
@@ -62,7 +63,7 @@ class PyAVVideo:
         try:
             stream = self._container.streams.best("video")
             if stream is None:
-                raise ValueError("no video stream")
+                raise BrokenVideoError(f"{self.path}: no video stream")
             stream.codec_context.thread_count = 1
             pts, keys, positions, end = [], [], [], None
             for packet in self._container.demux(stream):
@@ -180,10 +181,24 @@ def decord_misnumbers(pts_in_file_order: list[int], keyframe_positions: list[int
 def open_video(path: str | Path, decoder: str = "decord") -> VideoReader | PyAVVideo:
     """A reader of `path` with one decoding thread; `decoder` is one of DECODERS."""
     if decoder == "decord":
-        return VideoReader(str(path), ctx=cpu(0), num_threads=1)
+        try:
+            return VideoReader(str(path), ctx=cpu(0), num_threads=1)
+        except Exception as err:  # decord's DECORDError, RuntimeError, ...
+            if has_no_video_stream(path):  # decord says only "Check failed: st_nb >= 0"
+                raise BrokenVideoError(f"{path}: no video stream") from err
+            raise
     if decoder == "pyav":
         return PyAVVideo(path)
     raise ValueError(f"unknown decoder {decoder!r}: use one of {', '.join(DECODERS)}")
+
+
+def has_no_video_stream(path: str | Path) -> bool:
+    """Whether `path` opens as a media file (FFmpeg, through PyAV) without a video stream."""
+    try:
+        with av.open(str(path)) as container:
+            return not container.streams.video
+    except (OSError, av.error.FFmpegError):
+        return False
 
 
 def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndarray:

@@ -287,7 +287,8 @@ def probe_video(path: str) -> Probe:
     Reasons (the code before ':' is what summary.json counts): missing, unreadable, empty,
     under_1KiB (upstream skips these), undecodable (cannot open, the first frame fails
     through the training code path, or it is not H x W x 3: also truncated files, whose
-    index is incomplete or lists frames the file lacks), no_frames.
+    index is incomplete or lists frames the file lacks, and "<path>: no video stream"),
+    no_frames.
     """
     try:
         size = os.stat(path).st_size
