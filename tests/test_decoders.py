@@ -147,10 +147,11 @@ def broken_in_the_data_path(tmp_path, caplog, decoder: str, bad: Path) -> tuple[
 @pytest.mark.parametrize("decoder", D.DECODERS)
 def test_a_truncated_faststart_mp4_is_a_broken_video_for_both_decoders(tmp_path, caplog, decoder):
     """A download cut at half its size, its index (moov) at the front: the index lists 60
-    video frames, the file holds the first half of them, all whole (the cut falls inside an
-    audio packet). decord refuses it; PyAV read the frames left without a word (one more
-    video evaluated than with decord). Now it is broken for both: a train item is replaced
-    by the next video (logged), a test video excluded and listed."""
+    video frames, the file holds its first few, all whole (the cut falls inside an audio
+    packet; the index fills much of so small a file). decord refuses it; PyAV read the frames
+    left without a word (one more video evaluated than with decord). Now it is broken for
+    both: a train item is replaced by the next video (logged), a test video excluded and
+    listed."""
     frames = frame_pattern(FRAMES, 48, 64, seed=2)
     whole = write_variant(tmp_path / "whole.mp4", "audio", frames, faststart=True)
     middle = whole.stat().st_size // 2
