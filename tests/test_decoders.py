@@ -3,7 +3,10 @@ decord returns the frame asked for, and the right ones where it does not."""
 
 import copy
 import gc
+import logging
 import os
+import re
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,9 +14,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from videos import VARIANTS, frame_pattern, write_pattern_mp4, write_variant
+from videos import (
+    VARIANTS,
+    frame_pattern,
+    packet_spans,
+    truncate,
+    write_audio_only,
+    write_pattern_mp4,
+    write_variant,
+)
 
 from k400ft import decoders as D
+from k400ft import evaluate as E
 from k400ft import video as V
 
 torch.set_num_threads(1)
@@ -85,15 +97,7 @@ def test_pyav_errors_name_the_problem(variants, tmp_path):
     garbage.write_bytes(b"not a video " * 200)
     with pytest.raises(av.error.InvalidDataError):
         D.open_video(garbage, "pyav")
-    sound = tmp_path / "sound.m4a"
-    with av.open(str(sound), "w") as container:
-        stream = container.add_stream("aac", rate=8000)
-        frame = av.AudioFrame.from_ndarray(
-            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
-        )
-        frame.sample_rate, frame.pts = 8000, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    sound = write_audio_only(tmp_path / "sound.m4a")
     with pytest.raises(ValueError, match="no video stream"):
         D.open_video(sound, "pyav")
     with pytest.raises(IndexError, match=f"outside 0..{FRAMES - 1}"):
@@ -116,6 +120,92 @@ def test_truncated_file_fails_or_gives_its_real_frames(variants, tmp_path):
     except (av.error.FFmpegError, D.FrameNotFoundError):
         return
     np.testing.assert_array_equal(frames, truth[indices])
+
+
+def broken_in_the_data_path(tmp_path, caplog, decoder: str, bad: Path) -> tuple[str, str]:
+    """Put `bad` between two good videos and read it through the data path: (the warning a
+    train item logs when it replaces `bad` by the next video, the reason the evaluation lists
+    for it as an excluded test video); fails if `bad` is used."""
+    good = write_pattern_mp4(tmp_path / "good.mp4", 40)
+    csv = tmp_path / f"split_{decoder}.csv"
+    V.write_split_csv(csv, [(str(good), 0), (str(bad), 1), (str(good), 2)])
+    data = {**DATA, "decoder": decoder}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="k400ft.video"):
+        _, labels, index = V.TrainDataset(csv, data, seed=1)[1]
+    assert index == 2 and labels.tolist() == [2, 2]  # replaced by the next video
+    warning = [r.getMessage() for r in caplog.records if f"cannot decode {bad}" in r.getMessage()]
+    assert len(warning) == 1
+    test = V.TestDataset(csv, data, 2, 1)
+    excluded: dict[int, str] = {}
+    batches = list(E.iter_view_batches((test[i] for i in range(len(test))), 4, excluded))
+    assert sorted(set(torch.cat([b["video"] for b in batches]).tolist())) == [0, 2]
+    assert list(excluded) == [1]  # the evaluation lists it in metrics.json's "excluded"
+    return warning[0], excluded[1]
+
+
+@pytest.mark.parametrize("decoder", D.DECODERS)
+def test_a_truncated_faststart_mp4_is_a_broken_video_for_both_decoders(tmp_path, caplog, decoder):
+    """A download cut at half its size, its index (moov) at the front: the index lists 60
+    video frames, the file holds its first few, all whole (the cut falls inside an audio
+    packet; the index fills much of so small a file). decord refuses it; PyAV read the frames
+    left without a word (one more video evaluated than with decord). Now it is broken for
+    both: a train item is replaced by the next video (logged), a test video excluded and
+    listed."""
+    frames = frame_pattern(FRAMES, 48, 64, seed=2)
+    whole = write_variant(tmp_path / "whole.mp4", "audio", frames, faststart=True)
+    middle = whole.stat().st_size // 2
+    first, after = next(span for span in packet_spans(whole, "audio") if span[1] > middle)
+    cut = truncate(whole, tmp_path / "cut.mp4", (first + after) // 2)
+    warning, reason = broken_in_the_data_path(tmp_path, caplog, decoder, cut)
+    if decoder == "pyav":
+        expected = (
+            rf"{re.escape(str(cut))}: truncated: the file holds \d+ of the {FRAMES} video "
+            r"frames its index lists, its video ending at [0-9.]+ s of 2\.00 s"
+        )
+        with pytest.raises(D.BrokenVideoError, match=expected):
+            D.open_video(cut, "pyav")
+        assert re.fullmatch(expected, reason) and f"({reason})" in warning
+
+
+def test_an_mp4_cut_between_packets_is_truncated_for_pyav_and_the_probe(tmp_path):
+    """Cut exactly after its 30th video packet, a faststart mp4 opens with decord too (30
+    frames, no error): PyAV refuses it, and so does the splits probe, which decides for both
+    decoders (tests/test_splits.py). An edit list that skips whole GOPs also leaves fewer
+    packets than the index lists, but they reach the declared end: not truncated."""
+    whole = write_pattern_mp4(tmp_path / "whole.mp4", 60, seed=1, faststart=True)
+    cut = truncate(whole, tmp_path / "cut.mp4", packet_spans(whole)[29][1])
+    assert len(D.open_video(cut, "decord")) == 30
+    with pytest.raises(
+        D.BrokenVideoError, match=rf"{re.escape(str(cut))}: truncated: .* 30 of the 60 .* 2\.00 s"
+    ):
+        D.open_video(cut, "pyav")
+    skipped = tmp_path / "edit_list.mp4"
+    clock, step = Fraction(1, 30000), 1001
+    with av.open(str(skipped), "w") as container:  # frames 0-34 before time 0: cut by an edit list
+        options = {"g": "10", "keyint_min": "10", "bf": "0"}
+        stream = container.add_stream("libx264", rate=Fraction(30000, 1001), options=options)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = clock
+        for number, rgb in enumerate(frame_pattern(60, 48, 64)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = (number - 35) * step, clock
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(skipped)) as container:
+        assert container.streams.video[0].frames == 60
+    assert len(D.open_video(skipped, "pyav")) == len(D.open_video(skipped, "decord")) < 60
+
+
+@pytest.mark.parametrize("decoder", D.DECODERS)
+def test_an_audio_only_file_has_no_video_stream_for_both_decoders(tmp_path, caplog, decoder):
+    """decord said only "Check failed: st_nb >= 0 ..."; both now say `<file>: no video stream`
+    when it is opened, in the train log and in the evaluation's list of excluded videos."""
+    sound = write_audio_only(tmp_path / "sound.mp4")
+    warning, reason = broken_in_the_data_path(tmp_path, caplog, decoder, sound)
+    assert reason == f"{sound}: no video stream" and f"({reason})" in warning
+    with pytest.raises(D.BrokenVideoError, match=f"^{re.escape(str(sound))}: no video stream$"):
+        D.open_video(sound, decoder)
 
 
 def test_pyav_reader_leaves_no_file_open(variants):

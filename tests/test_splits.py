@@ -8,6 +8,7 @@ import shutil
 
 import make_splits
 import pytest
+import videos
 from videos import frame_pattern, write_pattern_mp4, write_variant
 
 from k400ft import splits as S
@@ -314,3 +315,32 @@ def test_summary_counts_the_videos_decord_misnumbers(tmp_path, sources):
     assert sorted(entry[-1] for entry in cached.values()) == [False, False, True, True]
     again = S.make_splits(kinetics, tmp_path / "cache", 1, tmp_path / "out2", pool="thread")
     assert again["splits"] == first["splits"]
+
+
+def test_truncated_and_audio_only_files_are_dropped_for_both_decoders(tmp_path, sources):
+    """The probe decides for both data.decoder choices. A faststart mp4 cut after its 30th
+    of 60 video packets opens with decord, but PyAV finds it truncated: dropped (it was
+    kept, and PyAV then refused it in the data path). Cut inside that packet: decord refuses
+    it. An audio-only file: the reason says so (decord said "Check failed: st_nb >= 0")."""
+    whole = write_pattern_mp4(tmp_path / "whole.mp4", 60, 32, 40, seed=3, faststart=True)
+    first, after = videos.packet_spans(whole)[29]
+    root = tmp_path / "k400"
+    files = {
+        "between": videos.truncate(whole, root / "train/zumba/between.mp4", after),
+        "inside": videos.truncate(whole, root / "train/zumba/inside.mp4", (first + after) // 2),
+        "sound": videos.write_audio_only(root / "train/zumba/sound.mp4"),
+    }
+    for split in ("train", "val"):
+        _put(sources, "long", root / split / "abseiling" / "x.mp4")
+        _put(sources, "short", root / split / "zumba" / "y.mp4")
+    out = tmp_path / "out"
+    kinetics = _kinetics(root, "class_folders", num_classes=2)
+    summary = S.make_splits(kinetics, tmp_path / "cache", 1, out, pool="thread")
+    dropped = {row["path"]: row["reason"] for row in csv.DictReader((out / "dropped.csv").open())}
+    assert sorted(dropped) == sorted(str(path) for path in files.values())
+    between = dropped[str(files["between"])]
+    assert between.startswith(f"undecodable: {files['between']}: truncated: the file holds 30 of")
+    assert dropped[str(files["inside"])].startswith("undecodable: ")
+    assert dropped[str(files["sound"])] == f"undecodable: {files['sound']}: no video stream"
+    assert summary["splits"]["train"]["dropped"] == {"undecodable": 3}
+    assert summary["splits"]["train"]["kept"] == 2

@@ -94,9 +94,12 @@ VARIANTS = {
 }
 
 
-def write_variant(path: str | Path, name: str, frames: np.ndarray, gop: int = 250) -> Path:
+def write_variant(
+    path: str | Path, name: str, frames: np.ndarray, gop: int = 250, faststart: bool = False
+) -> Path:
     """Encode [T, H, W, 3] uint8 RGB frames as the VARIANTS file `name` (path: its suffix
-    included). gop: keyframe interval where the variant does not fix it."""
+    included). gop: keyframe interval where the variant does not fix it. faststart: the mp4
+    index (moov) before the data, as in `write_mp4`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     num, height, width, _ = np.asarray(frames).shape
@@ -121,7 +124,8 @@ def write_variant(path: str | Path, name: str, frames: np.ndarray, gop: int = 25
         options = {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8", "g": str(gop)}
     elif name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}: {sorted(VARIANTS)}")
-    with av.open(str(path), mode="w") as container:
+    container_options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=container_options) as container:
         stream = container.add_stream(codec, rate=Fraction(30000, 1001), options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.codec_context.time_base = stream.time_base = clock
@@ -142,6 +146,40 @@ def write_variant(path: str | Path, name: str, frames: np.ndarray, gop: int = 25
         if audio is not None:
             container.mux(audio.encode())
     return path
+
+
+def write_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 8000) -> Path:
+    """An AAC track and no video stream (an .m4a, or an .mp4 a download left without video):
+    a 440 Hz tone, so the file is not under the splits probe's 1 KiB."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        for start in range(0, int(seconds * rate), 1024):
+            tone = np.sin(2 * np.pi * 440 * (start + np.arange(1024)) / rate)
+            frame = av.AudioFrame.from_ndarray(
+                tone.astype(np.float32)[None], format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def truncate(path: str | Path, dest: str | Path, size: int) -> Path:
+    """A copy of `path` cut short, as an interrupted download leaves it: its first `size`
+    bytes."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(Path(path).read_bytes()[:size])
+    return dest
+
+
+def packet_spans(path: str | Path, kind: str = "video") -> list[tuple[int, int]]:
+    """(first byte, byte after the last) of each packet of the first `kind` ("video",
+    "audio") stream of `path`, in file order: where a cut falls between or inside packets."""
+    with av.open(str(path)) as container:
+        return [(p.pos, p.pos + p.size) for p in container.demux(**{kind: 0}) if p.size]
 
 
 def write_pattern_mp4(

@@ -21,6 +21,11 @@ in increasing order. `data.decoder` in config.yaml picks one (README, "Video dec
 
 Both decode with one thread: the parallelism is the DataLoader's workers. Drop a reader as soon
 as its frames are read (decord's thread keeps decoding ahead while the reader lives).
+
+A file that is not a whole video raises BrokenVideoError naming it, with either decoder: no
+video stream (decord itself says only "Check failed: st_nb >= 0"), or, with PyAV, an mp4 whose
+video packets end before its index says they do (`index_shortfall`; decord refuses such a file
+when the cut falls inside a packet, as it usually does).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ class FrameNotFoundError(RuntimeError):
     """A frame of a file's packet index that decoding from its keyframe did not produce."""
 
 
+class BrokenVideoError(ValueError):
+    """A file that is not a whole video: it has no video stream, or its video packets end
+    before its index says they do (a download cut short). The message starts with the path."""
+
+
 class PyAVVideo:
     """A video file opened with PyAV, numbered as decord numbers it (see the module docstring).
 
@@ -53,9 +63,9 @@ class PyAVVideo:
         try:
             stream = self._container.streams.best("video")
             if stream is None:
-                raise ValueError("no video stream")
+                raise BrokenVideoError(f"{self.path}: no video stream")
             stream.codec_context.thread_count = 1
-            pts, keys, positions = [], [], []
+            pts, keys, positions, end = [], [], [], None
             for packet in self._container.demux(stream):
                 if packet.pts is None:
                     if packet.size == 0:
@@ -68,6 +78,11 @@ class PyAVVideo:
                     keys.append((packet.pts, min(packet.pts, dts)))
                     positions.append(len(pts))
                 pts.append(packet.pts)
+                stop = packet.pts + (packet.duration or 0)
+                end = stop if end is None else max(end, stop)
+            shortfall = index_shortfall(stream, len(pts), end)
+            if shortfall:
+                raise BrokenVideoError(f"{self.path}: {shortfall}")
         except BaseException:
             self._container.close()
             raise
@@ -121,6 +136,38 @@ class PyAVVideo:
         self._container.close()
 
 
+def index_shortfall(stream: av.VideoStream, count: int, end: int | None) -> str | None:
+    """Why a video stream's `count` packets, the last ending at pts `end`, fall short of what
+    the file's index declares (a truncated file), or None when they do not.
+
+    A container with a per-frame index (mp4, mov) declares the stream's frame count
+    (`stream.frames`) and duration; a download cut short keeps that index and loses its tail
+    (with the index at the front, faststart, the file still opens). Fewer packets alone is no
+    fault: an edit list that starts after whole GOPs drops their packets too, but the packets
+    left reach the declared end (start_time + duration). So truncated = fewer packets than
+    declared and the last ending more than half an average frame before the declared end.
+    Matroska and WebM declare no frame count: a cut one is not detected (decord reads what
+    is left of it too).
+    """
+    declared = stream.frames
+    if declared <= count:
+        return None
+    declared_end = None
+    if stream.duration:
+        declared_end = (stream.start_time or 0) + stream.duration
+        if end is not None and end >= declared_end - stream.duration / (2 * declared):
+            return None
+    where = ""
+    if end is not None and declared_end is not None and stream.time_base:
+        where = (
+            f", its video ending at {float(end * stream.time_base):.2f} s of "
+            f"{float(declared_end * stream.time_base):.2f} s"
+        )
+    return (
+        f"truncated: the file holds {count} of the {declared} video frames its index lists{where}"
+    )
+
+
 def decord_misnumbers(pts_in_file_order: list[int], keyframe_positions: list[int]) -> bool:
     """Whether decord 0.6.0 can return a neighbouring frame after a seek in this file: its
     keyframe table takes a keyframe's position among the packets (file order) as its frame
@@ -134,10 +181,24 @@ def decord_misnumbers(pts_in_file_order: list[int], keyframe_positions: list[int
 def open_video(path: str | Path, decoder: str = "decord") -> VideoReader | PyAVVideo:
     """A reader of `path` with one decoding thread; `decoder` is one of DECODERS."""
     if decoder == "decord":
-        return VideoReader(str(path), ctx=cpu(0), num_threads=1)
+        try:
+            return VideoReader(str(path), ctx=cpu(0), num_threads=1)
+        except Exception as err:  # decord's DECORDError, RuntimeError, ...
+            if has_no_video_stream(path):  # decord says only "Check failed: st_nb >= 0"
+                raise BrokenVideoError(f"{path}: no video stream") from err
+            raise
     if decoder == "pyav":
         return PyAVVideo(path)
     raise ValueError(f"unknown decoder {decoder!r}: use one of {', '.join(DECODERS)}")
+
+
+def has_no_video_stream(path: str | Path) -> bool:
+    """Whether `path` opens as a media file (FFmpeg, through PyAV) without a video stream."""
+    try:
+        with av.open(str(path)) as container:
+            return not container.streams.video
+    except (OSError, av.error.FFmpegError):
+        return False
 
 
 def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndarray:

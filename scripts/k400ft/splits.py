@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from k400ft.decoders import PyAVVideo
+from k400ft.decoders import BrokenVideoError, PyAVVideo
 from k400ft.io import atomic_write
 from k400ft.video import describe_error, open_video, read_frames, write_split_csv
 
@@ -63,7 +63,7 @@ TRAIN_SPAN = 64
 # swaps in another video, so it never trains or tests on them: we drop them here.
 MIN_BYTES = 1024
 ANNOTATION_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
-CACHE_VERSION = 2  # 2: + decord_misnumbers
+CACHE_VERSION = 3  # 2: + decord_misnumbers; 3: truncated mp4 files decord opens are dropped
 CACHE_SAVE_SECONDS = 60.0
 
 
@@ -280,12 +280,15 @@ LAYOUTS: dict[str, Callable[[dict[str, Any]], tuple[list[str], dict[str, list[Li
 # Probing
 # --------------------------------------------------------------------------------------------
 def probe_video(path: str) -> Probe:
-    """Open `path` with decord (one thread) and decode its first frame.
+    """Open `path` with decord (one thread) and decode its first frame; then scan its packets
+    with PyAV (`PyAVVideo`: decord_misnumbers, and the same truncation check as the data
+    path's, so a file is kept or dropped whichever `data.decoder` will read it).
 
     Reasons (the code before ':' is what summary.json counts): missing, unreadable, empty,
     under_1KiB (upstream skips these), undecodable (cannot open, the first frame fails
     through the training code path, or it is not H x W x 3: also truncated files, whose
-    index is incomplete), no_frames.
+    index is incomplete or lists frames the file lacks, and "<path>: no video stream"),
+    no_frames.
     """
     try:
         size = os.stat(path).st_size
@@ -313,6 +316,8 @@ def probe_video(path: str) -> Probe:
         scan = PyAVVideo(path)
         misnumbers = scan.decord_misnumbers
         scan.close()
+    except BrokenVideoError as err:  # truncated (decord opens a file cut between packets)
+        return Probe(f"undecodable: {describe_error(err)}")
     except Exception:  # a file only decord opens: counted, it stays in the splits
         misnumbers = None
     return Probe(None, frames, int(first.shape[1]), int(first.shape[2]), misnumbers)
