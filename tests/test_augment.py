@@ -327,13 +327,35 @@ def test_pad_frames_keeps_each_videos_pixels_and_size():
 
 
 class CountOps(TorchDispatchMode):
+    """Counts the aten ops dispatched, and keeps their names and keyword arguments."""
+
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.count, self.calls = 0, []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
+        self.calls.append((func.overloadpacket.__name__, dict(kwargs or {})))
         return func(*args, **(kwargs or {}))
+
+
+# ops that make the host wait for the device on CUDA (a value or a size read back)
+SYNCING = {"_local_scalar_dense", "bincount", "nonzero", "unique", "masked_select", "_unique2"}
+
+
+def test_a_batch_reads_nothing_back_from_the_device():
+    """No op of the batch path needs a device value on the host (on CUDA each would stop the
+    host from queueing work ahead): no item, bincount, nonzero, unique, masked_select; the
+    erasing's repeat_interleave is told its output size."""
+    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
+    frames, params = every_op_batch(5, erase=True, frames=2)
+    padded, sizes = A.pad_frames(frames)
+    with CountOps() as counter:
+        augmenter.batch(padded, params, sizes)
+    names = {name for name, _ in counter.calls}
+    assert not names & SYNCING, names & SYNCING
+    repeats = [kwargs for name, kwargs in counter.calls if name == "repeat_interleave"]
+    assert repeats and all(kwargs.get("output_size") for kwargs in repeats)
 
 
 def test_a_batch_dispatches_as_many_ops_for_96_clips_as_for_24():

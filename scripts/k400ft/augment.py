@@ -230,7 +230,9 @@ def _histograms(frames: torch.Tensor, sizes: torch.Tensor | None = None) -> torc
     if sizes is not None:  # padding goes to one extra bin, dropped
         valid = _valid(frames, sizes).expand(frames.shape).reshape(planes, height * width)
         index = torch.where(valid, index, planes * 256)
-    counts = torch.bincount(index.reshape(-1), minlength=planes * 256 + 1)
+    index = index.reshape(-1)  # counted by a scatter: CUDA's bincount reads its max on the host
+    counts = torch.zeros(planes * 256 + 1, dtype=torch.int64, device=frames.device)
+    counts.scatter_add_(0, index, torch.ones_like(index))
     return counts[: planes * 256].view(*frames.shape[:-2], 256)
 
 
@@ -292,9 +294,8 @@ def solarize_add(frames: torch.Tensor, add, threshold: int = 128) -> torch.Tenso
 
 def _grey(frames: torch.Tensor) -> torch.Tensor:
     """PIL's RGB -> L: (R x 19595 + G x 38470 + B x 7471 + 32768) >> 16, [..., 1, H, W] int32."""
-    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=frames.device)
-    grey = (frames.to(torch.int32) * weights.view(3, 1, 1)).sum(dim=-3, keepdim=True)
-    return (grey + 32768) >> 16
+    r, g, b = frames.to(torch.int32).unbind(-3)
+    return ((r * 19595 + g * 38470 + b * 7471 + 32768) >> 16).unsqueeze(-3)
 
 
 def blend(degenerate: torch.Tensor, frames: torch.Tensor, factor) -> torch.Tensor:
@@ -394,7 +395,7 @@ def affine(
         rows.append(_cubic(*taps, dx))
     value = _cubic(*rows, dy).clamp_(0, 255).trunc_().to(torch.uint8)
     value = value.view(n, h, w, t, c).permute(0, 3, 4, 1, 2)
-    fill_value = torch.tensor(fill, dtype=torch.uint8, device=dev).view(3, 1, 1)
+    fill_value = torch.tensor(fill, dtype=torch.uint8).to(dev, non_blocking=True).view(3, 1, 1)
     return torch.where(inside.view(n, 1, 1, h, w), value, fill_value)
 
 
@@ -620,12 +621,11 @@ class ClipAugmenter:
         self.size = int(data_cfg["input_size"])
         mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
         std = torch.tensor(data_cfg["std"], dtype=torch.float32)
-        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std
+        self.affine = 1.0 / (255.0 * std), -mean / std  # (x / 255 - mean) / std = x a + b
 
     def normalise(self, clips: torch.Tensor) -> torch.Tensor:
         """[..., 3, T, S, S] on the 0..255 scale -> ImageNet-normalised, contiguous."""
-        dev = clips.device
-        scale, shift = self.scale.to(dev).view(3, 1, 1, 1), self.shift.to(dev).view(3, 1, 1, 1)
+        scale, shift = (v.to(clips.device, non_blocking=True).view(3, 1, 1, 1) for v in self.affine)
         return torch.addcmul(shift, clips, scale).contiguous()
 
     def clip(self, frames: torch.Tensor, params: ClipParams) -> torch.Tensor:
