@@ -360,17 +360,20 @@ def affine(
     matrix: Sequence[float] | torch.Tensor,
     fill: Sequence[int] = FILL,
     sizes: torch.Tensor | None = None,
+    axes: str = "xy",
 ) -> torch.Tensor:
     """PIL's Image.transform(size, AFFINE, matrix, BICUBIC, fillcolor=fill): output pixel (x, y)
     samples the input at (a(x+.5) + b(y+.5) + c, d(x+.5) + e(y+.5) + f); outside the frame it
     gets `fill`; inside, the 4 x 4 neighbours (clamped at the border) are combined with PIL's
     a = -1 cubic kernel and truncated to uint8. One clip: frames [T, 3, H, W] and 6 numbers; a
-    batch: [n, T, 3, H, W] and matrices [n, 6] float64 (one gather for all clips). The frames
+    batch: [n, T, 3, H, W] and matrices [n, 6] float64 (one gather for all clips). axes: "x"
+    or "y" for matrices that move along one axis only (`AXES`), whose 4 neighbours along the
+    other are not read (they are weighted by exactly 0). The frames
     are gathered pixel-major ([pixels, T x 3]: one index moves all frames and channels), the
     coordinates in float64 as PIL's, the pixel arithmetic in float32."""
     if not torch.is_tensor(matrix):  # one clip: a batch of one
         matrix = torch.tensor([list(matrix)], dtype=torch.float64, device=frames.device)
-        return affine(frames.unsqueeze(0), matrix, fill, sizes)[0]
+        return affine(frames.unsqueeze(0), matrix, fill, sizes, axes)[0]
     n, t, c, h, w = frames.shape
     dev = frames.device
     height, width = (h, w) if sizes is None else (sizes[:, :1, None], sizes[:, 1:, None])
@@ -387,13 +390,21 @@ def affine(
     x0, y0 = x0.long() - 1, y0.long() - 1
     pixels = frames.permute(0, 3, 4, 1, 2).reshape(n * h * w, t * c)
     first = torch.arange(n, device=dev).view(n, 1, 1) * (h * w)  # each clip's first pixel
-    cols = [(x0 + i).clamp(min=0).clamp(max=width - 1) for i in range(4)]
-    rows = []
-    for j in range(4):
-        row = first + (y0 + j).clamp(min=0).clamp(max=height - 1) * w
-        taps = [pixels.index_select(0, (row + col).reshape(-1)).to(torch.float32) for col in cols]
-        rows.append(_cubic(*taps, dx))
-    value = _cubic(*rows, dy).clamp_(0, 255).trunc_().to(torch.uint8)
+
+    def tap(j: int, i: int) -> torch.Tensor:  # neighbour (y0 + j, x0 + i), clamped, float32
+        row = (y0 + j).clamp(min=0).clamp(max=height - 1)
+        col = (x0 + i).clamp(min=0).clamp(max=width - 1)
+        return pixels.index_select(0, (first + row * w + col).reshape(-1)).to(torch.float32)
+
+    # a shear or translation along x keeps every row (dy = 0 exactly: the cubic in y returns
+    # its second row unchanged), one along y every column: 4 neighbours instead of 16
+    if axes == "x":
+        value = _cubic(*(tap(1, i) for i in range(4)), dx)
+    elif axes == "y":
+        value = _cubic(*(tap(j, 1) for j in range(4)), dy)
+    else:
+        value = _cubic(*(_cubic(*(tap(j, i) for i in range(4)), dx) for j in range(4)), dy)
+    value = value.clamp_(0, 255).trunc_().to(torch.uint8)
     value = value.view(n, h, w, t, c).permute(0, 3, 4, 1, 2)
     fill_value = torch.tensor(fill, dtype=torch.uint8).to(dev, non_blocking=True).view(3, 1, 1)
     return torch.where(inside.view(n, 1, 1, h, w), value, fill_value)
@@ -416,6 +427,7 @@ def rotation_matrix(degrees: float, height: int, width: int) -> list[float]:
     return m
 
 
+AXES = {"Rotate": "xy", "ShearX": "x", "TranslateXRel": "x", "ShearY": "y", "TranslateYRel": "y"}
 MATRICES = {  # the geometric ops: (argument, frame height, width) -> PIL's affine matrix
     "Rotate": rotation_matrix,
     "ShearX": lambda factor, h, w: [1, factor, 0, 0, 1, 0],
@@ -429,7 +441,7 @@ def _geometric(name: str):
     def op(frames: torch.Tensor, arg: float, fill: Sequence[int] = FILL) -> torch.Tensor:
         if name == "Rotate" and arg % 360.0 == 0:
             return frames
-        return affine(frames, MATRICES[name](arg, *frames.shape[-2:]), fill)
+        return affine(frames, MATRICES[name](arg, *frames.shape[-2:]), fill, axes=AXES[name])
 
     op.__name__ = op.__qualname__ = name
     return op
@@ -506,16 +518,17 @@ SIZED = {"AutoContrast", "Equalize", "ContrastIncreasing", "SharpnessIncreasing"
 
 def op_group(name: str) -> str:
     """How a batch applies op `name`: the pixel-wise ops through one lookup table per clip
-    ('lut'), the five geometric ops through one affine gather ('affine'), each other op on
+    ('lut'), the five geometric ops through one affine gather per axes ('affine x', 'affine
+    y' for the shears and translations, 'affine xy' for Rotate), each other op on
     its own with per-clip arguments."""
-    return "lut" if name in LUT_OPS else "affine" if name in MATRICES else name
+    return "lut" if name in LUT_OPS else f"affine {AXES[name]}" if name in AXES else name
 
 
 @dataclass
 class OpGroup:
     """The clips (positions in the batch) whose op at one RandAugment layer falls in one group,
     with what the group needs per clip: the ops and arguments ('lut': its tables are made
-    from them), the affine matrices ('affine'), or the op's argument (none for AutoContrast
+    from them), the affine matrices ('affine ...'), or the op's argument (none for AutoContrast
     and Equalize)."""
 
     kind: str
@@ -526,7 +539,7 @@ class OpGroup:
 
 def plan_layers(clips: Sequence[ClipParams], sizes: Sequence[Sequence[int]]) -> list[OpGroup]:
     """RandAugment of a batch as groups of clips, layer by layer (each clip's ops run in its
-    order): at most 4 layers x 7 groups, whatever the number of clips. sizes: each clip's
+    order): at most 4 layers x 9 groups, whatever the number of clips. sizes: each clip's
     frame (h, w), which the geometric ops' matrices depend on."""
     groups = []
     for layer in range(max((len(p.ops) for p in clips), default=0)):
@@ -538,7 +551,7 @@ def plan_layers(clips: Sequence[ClipParams], sizes: Sequence[Sequence[int]]) -> 
             group = by_kind.setdefault(op_group(name), OpGroup(op_group(name)))
             group.clips.append(number)
             group.ops.append((name, args))
-            if group.kind == "affine":
+            if group.kind.startswith("affine"):
                 group.args.append(MATRICES[name](args[0], *sizes[number]))
             elif group.kind != "lut" and args:
                 group.args.append(args[0])
@@ -700,8 +713,9 @@ class ClipAugmenter:
             sub_sizes = ints["sizes"].index_select(0, index) if padded else None
             if group.kind == "lut":
                 out = _lut(sub, next(tables).view(-1, 1, 1, 256))
-            elif group.kind == "affine":
-                out = affine(sub, floats[f"args{k}"], FILL, sub_sizes)
+            elif group.kind.startswith("affine"):
+                axes = group.kind.split()[1]
+                out = affine(sub, floats[f"args{k}"], FILL, sub_sizes, axes)
             else:
                 args = [floats[f"args{k}"].view(-1, 1, 1, 1, 1)] if group.args else []
                 kwargs = {"sizes": sub_sizes} if group.kind in SIZED else {}
