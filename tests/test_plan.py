@@ -97,6 +97,24 @@ def test_advice_compute_bound_and_batch_growth():
     assert "finetune.batch_per_gpu can grow to 96" in lines[1]  # divisor of 384 / 4 = 96
 
 
+def test_advice_to_compile_names_the_measured_gain_only_when_it_pays():
+    lines = advice(figures={"data_wait": 0.02, "compiled_clips_per_s": 600.0})
+    assert lines[1] == (
+        "set recipe.compile: true: the compiled model alone makes 600.0 clips/s, 60% more "
+        "than eager (375.0)"
+    )
+    assert len(advice(figures={"data_wait": 0.02, "compiled_clips_per_s": 380.0})) == 1
+    compiled = {"data_wait": 0.02, "compiled_clips_per_s": 600.0, "compile": True}
+    assert len(advice(figures=compiled)) == 1
+
+
+def test_a_fed_rate_is_timed_after_the_workers_first_burst_over_rounds_of_every_worker():
+    # 15 workers x prefetch 2 batches made ahead; then 3 batches of each worker at least
+    assert P.steady_window(15, 10) == (30, 45)
+    assert P.steady_window(1, 10) == (2, 10)
+    assert P.steady_window(0, 5) == (1, 5)  # no workers: the main process loads
+
+
 def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
     root, _ = tiny
     spec = {
@@ -123,12 +141,17 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
     for key in ("clips_per_s", "fed_clips_per_s", "loader_clips_per_s", "eval_videos_per_s"):
         assert figures[key] > 0, key
     assert 0 <= figures["data_wait"] <= 1
+    assert figures["fed_window"] == {"warmup_batches": 2, "timed_batches": 10}
+    parts = figures["fed_parts"]
+    assert set(parts) == {"wait_ms", "copy_ms", "augment_ms", "model_ms"}
+    assert parts["augment_ms"] > 0 and parts["model_ms"] > 0  # augment_on: device
     assert figures["import_s"] > 0 and model["projection"]["start_s"] > figures["import_s"]
     assert saved["sample"] == {"train_videos": 8, "test_videos": 3}
     assert saved["launch"]["train_videos"] == 16 and saved["launch"]["test_videos"] == 4
     assert model["projection"]["optimiser_steps"] == (16 // 4) * 3 and model["advice"]
     text = (tmp_path / "plan/cost.md").read_text()
     assert "| tiny_2d | 2 |" in text and "## What to do" in text
+    assert "| Model | loader wait | host-to-device | augmentation | model step | fed step" in text
     compared = saved["decoders"]
     assert compared["items"] == 8 + 3 and compared["differing"] == 0  # x264 closed GOPs
     assert compared["cannot_read"] == {"decord": 0, "pyav": 0}
