@@ -14,8 +14,8 @@ Resumes by itself from --state-dir. Writes final.pt, train_log.jsonl and spec.js
 (rank 0, atomically) only when the last epoch is done. Exit codes: 0 done; 75 (EX_TEMPFAIL)
 stopped by SIGTERM / SIGUSR1 after saving its state: run it again (Snakemake --retries, SLURM
 requeue) and it resumes; 2 a refused spec or split CSV (e.g. a global batch that does not split,
-a label outside the classes: one line naming the key, or the file and line, checked before
-anything is written); 73 the state dir is held by another trainer (the
+a label outside the classes, a split without videos: one line naming the key, or the file and
+line, checked before anything is written); 73 the state dir is held by another trainer (the
 message names its host and pid); other non-zero: a failure (its traceback). Every way out ends
 each rank's log with `rank R of N: exitcode: C (...)`. Under torchrun, any non-zero exit of a
 trainer makes torchrun itself exit 1, and torchrun stopped by a signal exits 1 with a

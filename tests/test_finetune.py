@@ -787,6 +787,30 @@ def test_cli_refuses_a_global_batch_that_does_not_split(tiny, monkeypatch, capsy
     assert not (root / "bad/out").exists()
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_cli_refuses_a_split_csv_without_videos_in_one_line(tiny, monkeypatch, capsys, split):
+    """Exit 2 (a refused split CSV), one error line naming the user's file, then the exit line;
+    no traceback, nothing written."""
+    root, spec = tiny
+    empty = root / f"empty_{split}" / f"{split}.csv"
+    empty.parent.mkdir(exist_ok=True)
+    empty.write_text("\n")  # a blank line only: no videos
+    args = cli_args(root, spec, f"empty_{split}")
+    args[args.index(f"--{split}") + 1] = str(empty)
+    monkeypatch.setattr(sys, "argv", ["finetune.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/finetune.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    error, last = err.strip().splitlines()[-2:]
+    assert error.endswith(
+        f"ERROR k400ft.finetune: {empty}: no videos (not one '<video path> <label>' line)"
+    )
+    assert last.endswith("rank 0 of 1: exitcode: 2 (a refused spec or split CSV)")
+    assert sorted(p.name for p in empty.parent.iterdir()) == [empty.name]  # no state, no out
+
+
 def test_cost_projection():
     # 240k videos / global batch 48 = 5000 steps per epoch x 150 epochs at 0.5 s, 4 GPUs
     p = ft.project_cost(0.5, 240_000, 48, 150, 4)
