@@ -14,10 +14,13 @@ Resumes by itself from --state-dir. Writes final.pt, train_log.jsonl and spec.js
 (rank 0, atomically) only when the last epoch is done. Exit codes: 0 done; 75 (EX_TEMPFAIL)
 stopped by SIGTERM / SIGUSR1 after saving its state: run it again (Snakemake --retries, SLURM
 requeue) and it resumes; 2 a refused spec or split CSV (e.g. a global batch that does not split,
-a label outside the classes: the message names the key, or the file and line); 73 the state dir
-is held by another trainer (the message names its host and pid); other non-zero: a failure.
-Under torchrun, any non-zero exit of a trainer makes torchrun itself exit 1: the code above is in
-the log ("exitcode: 75"), the job's exit status is 1.
+a label outside the classes, a split without videos: one line naming the key, or the file and
+line, checked before anything is written); 73 the state dir is held by another trainer (the
+message names its host and pid); other non-zero: a failure (its traceback). Every way out ends
+each rank's log with `rank R of N: exitcode: C (...)`. Under torchrun, any non-zero exit of a
+trainer makes torchrun itself exit 1, and torchrun stopped by a signal exits 1 with a
+SignalException: that line is where the trainer's code is. Rank 0 also appends its log to
+<state-dir>/trainer.log (after a header per run) while it holds the state dir's lock.
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ from __future__ import annotations
 import sys
 
 from k400ft.distributed import stage_parser, stage_spec
-from k400ft.finetune import EXIT_LOCKED, SpecError, finetune
+from k400ft.finetune import finetune
 from k400ft.io import setup_logging
-from k400ft.state import StateLocked
-from k400ft.video import SplitCSVError
 
 
 def main() -> None:
@@ -40,17 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     setup_logging()
     spec = stage_spec(args)
-    try:
-        code = finetune(
+    sys.exit(
+        finetune(
             spec, args.device, args.train, args.val, args.pretrained, args.state_dir, args.out_dir
         )
-    except (SpecError, SplitCSVError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    except StateLocked as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = EXIT_LOCKED
-    sys.exit(code)
+    )
 
 
 if __name__ == "__main__":

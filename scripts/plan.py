@@ -8,8 +8,10 @@
 "transcode": bool}. Runs the fine-tuning engine's step fed by the real loader on a sample of
 --train (spread over the classes) and the evaluation's loop on a sample of --test, one process
 with the loader workers one fine-tune process gets from --threads; writes cost.json and cost.md
-into --out-dir (atomically). Exit codes: 0 done; 2 a refused spec or split CSV; other non-zero:
-a failure.
+into --out-dir (atomically). Both CSVs are read and checked before anything is measured. Exit
+codes: 0 done; 2 a refused spec or split CSV (one line naming the key or the user's file: a bad
+line or label, fewer train videos than a batch, fewer than 2 test videos); other non-zero: a
+failure.
 """
 
 from __future__ import annotations

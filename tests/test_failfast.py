@@ -1,8 +1,8 @@
 """Fail fast, never hang: an error after the DataLoader workers started ends the stage's process
 non-zero within seconds, its workers gone and the error last in the log (tests/faults.py
 injects it: the train step, a worker, writing the train log, the evaluation), on one process
-and on one rank of two through torchrun. A split CSV label outside the classes is refused
-naming the file and line before any worker starts.
+and on one rank of two through torchrun. A split CSV label outside the classes, or a split CSV
+without videos, is refused naming the file (and line) before any worker starts.
 
 A run is given HANG_LIMIT seconds (generous: a healthy failure takes a few); past it the
 whole process tree is killed and the test fails."""
@@ -170,6 +170,19 @@ def test_every_split_dataset_checks_its_labels_before_any_worker(tmp_path, split
             video.TestDataset(path, DATA, 5, 3, num_classes=4)
         else:
             video.TrainDataset(path, DATA, split, num_classes=4)
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_every_split_dataset_refuses_a_csv_without_videos(tmp_path, split):
+    """A SplitCSVError naming the file (each stage's script exits 2 on it), not a ValueError."""
+    path = tmp_path / f"{split}.csv"
+    path.write_text("\n\n")
+    with pytest.raises(video.SplitCSVError) as err:
+        if split == "test":
+            video.TestDataset(path, DATA, 5, 3, num_classes=4)
+        else:
+            video.TrainDataset(path, DATA, split, num_classes=4)
+    assert str(err.value) == f"{path}: no videos (not one '<video path> <label>' line)"
 
 
 def test_the_finetune_cli_refuses_a_bad_label_naming_file_and_line(tiny):

@@ -722,8 +722,25 @@ def ddp_reference(tiny):
 
 
 def test_two_processes_killed_then_resumed_through_torchrun_is_bit_identical(tiny, ddp_reference):
+    """SIGTERM to torchrun (SLURM's before the time limit): torchrun exits 1 (a traceback of
+    its SignalException) and reports no trainer's code, so each trainer logs its own
+    `exitcode: 75` after saving; then a SIGKILL of both ranks, then the resume through
+    torchrun."""
     root, spec = tiny
     reference = ddp_reference
+    run = torchrun(root, spec, "ddp")
+    signal_at_step(root, "ddp", [run.pid], 1, signal.SIGTERM)  # to torchrun alone
+    _, stderr = run.communicate(timeout=240)
+    assert run.returncode == 1, stderr[-5000:]  # torchrun's own: its SignalException
+    for rank in (0, 1):
+        assert f"rank {rank} of 2: exitcode: 75 (stopped by a signal, state saved" in stderr, (
+            stderr[-5000:]
+        )
+    trainer_log = (root / "ddp/state/trainer.log").read_text()
+    assert "stopped by signal SIGTERM" in trainer_log and "rank 1 of 2" not in trainer_log
+    assert trainer_log.rstrip().endswith(
+        "rank 0 of 2: exitcode: 75 (stopped by a signal, state saved: run again to resume)"
+    )
     ranks = fork_run(root, spec, "ddp", world_size=2)
     signal_at_step(
         root,
@@ -737,6 +754,8 @@ def test_two_processes_killed_then_resumed_through_torchrun_is_bit_identical(tin
     _, stderr = run.communicate(timeout=240)
     assert run.returncode == 0, stderr[-5000:]
     assert "RESUMED at epoch" in stderr
+    assert "rank 0 of 2: exitcode: 0 (done)" in stderr
+    assert "rank 1 of 2: exitcode: 0 (done)" in stderr
     assert_same_run(reference, outcome(root / "ddp/out"))
     resolved = json.loads((root / "ddp/out/spec.json").read_text())
     assert resolved["plan"]["world_size"] == 2 and resolved["plan"]["accumulation"] == 1
@@ -766,6 +785,30 @@ def test_cli_refuses_a_global_batch_that_does_not_split(tiny, monkeypatch, capsy
         in capsys.readouterr().err
     )
     assert not (root / "bad/out").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_cli_refuses_a_split_csv_without_videos_in_one_line(tiny, monkeypatch, capsys, split):
+    """Exit 2 (a refused split CSV), one error line naming the user's file, then the exit line;
+    no traceback, nothing written."""
+    root, spec = tiny
+    empty = root / f"empty_{split}" / f"{split}.csv"
+    empty.parent.mkdir(exist_ok=True)
+    empty.write_text("\n")  # a blank line only: no videos
+    args = cli_args(root, spec, f"empty_{split}")
+    args[args.index(f"--{split}") + 1] = str(empty)
+    monkeypatch.setattr(sys, "argv", ["finetune.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/finetune.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    error, last = err.strip().splitlines()[-2:]
+    assert error.endswith(
+        f"ERROR k400ft.finetune: {empty}: no videos (not one '<video path> <label>' line)"
+    )
+    assert last.endswith("rank 0 of 1: exitcode: 2 (a refused spec or split CSV)")
+    assert sorted(p.name for p in empty.parent.iterdir()) == [empty.name]  # no state, no out
 
 
 def test_cost_projection():
@@ -805,6 +848,9 @@ def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_ref
 def test_a_second_trainer_on_a_state_dir_in_use_refuses_and_the_first_is_unharmed(
     tiny, reference, monkeypatch
 ):
+    """Two checkouts on one `results:` folder: Snakemake deletes the job's log before it starts
+    the second job, so the first trainer's job log is gone; what it did is in
+    `<state-dir>/trainer.log`, and the refused second trainer wrote nothing there."""
     root, spec = tiny
     go = root / "second_done"
     check_stop = ft.Finetune.check_stop
@@ -822,22 +868,34 @@ def test_a_second_trainer_on_a_state_dir_in_use_refuses_and_the_first_is_unharme
     while step_lines(root / "shared/state") < 1:
         assert time.monotonic() < deadline and first[0].is_alive()
         time.sleep(0.01)
-    second = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, "shared")],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    job_log = root / "shared/rank0.log"  # the first trainer's stderr: its job log
+    job_log.unlink()  # as Snakemake does before it starts the second job
+    with open(job_log, "w") as second_log:
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, "shared")],
+            env=ENV,
+            stderr=second_log,
+            timeout=120,
+            check=False,
+        )
     go.touch()
-    assert second.returncode == ft.EXIT_LOCKED, second.stderr[-3000:]
-    assert f"in use by another trainer (host {socket.gethostname()} pid {first[0].pid}" in (
-        second.stderr
+    refusal = job_log.read_text()
+    assert second.returncode == ft.EXIT_LOCKED, refusal[-3000:]
+    assert f"in use by another trainer (host {socket.gethostname()} pid {first[0].pid}" in refusal
+    assert refusal.rstrip().endswith(
+        "rank 0 of 1: exitcode: 73 (the state dir is in use by another trainer)"
     )
-    assert finish(first) == [0], rank0_log(root, "shared")[-3000:]
+    trainer_log = root / "shared/state/trainer.log"
+    assert finish(first) == [0], trainer_log.read_text()[-3000:]
     assert_same_run(reference, outcome(root / "shared/out"))
     assert (root / "shared/state/trainer.lock").read_text() == ""  # released at the end
+    assert "done:" not in job_log.read_text()  # the job log holds only the refusal ...
+    kept = trainer_log.read_text()  # ... the state dir's log, the first trainer's whole run
+    assert kept.startswith(f"======== trainer host {socket.gethostname()} pid {first[0].pid}, ")
+    assert kept.count("======== trainer") == 1 and "in use by another trainer" not in kept
+    for line in ("epoch 1/2: train loss", "epoch 2/2: train loss", "done: "):
+        assert line in kept, kept[-3000:]
+    assert kept.rstrip().endswith("rank 0 of 1: exitcode: 0 (done)")
 
 
 def test_a_kill_inside_finish_leaves_no_declared_output_and_the_rerun_completes(

@@ -2,12 +2,18 @@
 on tiny real mp4 files on the CPU (cost.json and cost.md written, every figure there)."""
 
 import json
+import runpy
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from test_finetune import DATA, NUM_CLASSES, RECIPE, TINY_ARCH, tiny
 
 from k400ft import plan as P
+from k400ft.finetune import SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["tiny"]  # the fixture, shared with test_finetune
 
@@ -115,9 +121,8 @@ def test_a_fed_rate_is_timed_after_the_workers_first_burst_over_rounds_of_every_
     assert P.steady_window(0, 5) == (1, 5)  # no workers: the main process loads
 
 
-def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
-    root, _ = tiny
-    spec = {
+def plan_spec() -> dict:
+    return {
         "models": {
             "tiny_2d": {"arch": TINY_ARCH, "finetune": {"global_batch": 4, "batch_per_gpu": 2}},
         },
@@ -132,6 +137,11 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
         "plan": {"videos": 8, "test_videos": 2, "steps": 3, "warmup": 1},
         "transcode": False,
     }
+
+
+def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
+    root, _ = tiny
+    spec = plan_spec()
     record = P.plan(spec, "cpu", root / "train.csv", root / "val.csv", 2, tmp_path / "plan")
     saved = json.loads((tmp_path / "plan/cost.json").read_text())
     assert saved == json.loads(json.dumps(record))
@@ -159,6 +169,57 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
         assert all(ms > 0 for ms in compared["ms_per_item"][name].values())
         assert f"| {name} |" in text
     assert saved["launch"]["decoder"] == "decord"
+
+
+@pytest.mark.parametrize(
+    ("split", "rows", "expected"),
+    [
+        ("train", 0, "no videos (not one '<video path> <label>' line); the plan times batches "
+         "of 2 (finetune.batch_per_gpu of tiny_2d)"),
+        ("train", 1, "1 video(s); the plan times batches of 2"),
+        ("test", 0, "no videos (not one '<video path> <label>' line); the plan times the "
+         "evaluation on at least 2 videos, the first untimed"),
+        ("test", 1, "1 video(s); the plan times the evaluation on at least 2 videos"),
+    ],
+)  # fmt: skip
+def test_the_plan_refuses_a_split_too_small_before_measuring(
+    tiny, tmp_path, monkeypatch, capsys, split, rows, expected
+):
+    """scripts/plan.py exits 2 with one line naming the user's CSV (not the sample's temporary
+    copy), before anything is measured or written."""
+    root, _ = tiny
+    csvs = {"train": root / "train.csv", "test": root / "val.csv"}
+    csvs[split] = tmp_path / f"{split}.csv"
+    csvs[split].write_text("".join((root / "val.csv").read_text().splitlines(True)[:rows]))
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the splits were checked")
+
+    monkeypatch.setattr(P, "measure_model", measured)
+    monkeypatch.setattr(P, "measure_evaluation", measured)
+    monkeypatch.setattr(P, "compare_decoders", measured)
+    argv = ["plan.py", "--spec", json.dumps(plan_spec()), "--device", "cpu", "--threads", "2"]
+    argv += ["--train", str(csvs["train"]), "--test", str(csvs["test"])]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out-dir", str(tmp_path / "plan")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/plan.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {csvs[split]}: {expected}")
+    )
+    assert not (tmp_path / "plan").exists()
+
+
+def test_the_plan_refuses_a_sample_smaller_than_a_batch(tiny, tmp_path):
+    root, _ = tiny
+    spec = plan_spec()
+    spec["plan"]["videos"] = 1
+    with pytest.raises(SpecError, match=r"^plan.videos 1 is smaller than one batch of tiny_2d "):
+        P.plan(spec, "cpu", root / "train.csv", root / "val.csv", 2, tmp_path / "plan")
+    assert not (tmp_path / "plan").exists()
 
 
 def compared(differing=0, cannot_read=(0, 0), train=(80.0, 68.0), test=(200.0, 140.0)):

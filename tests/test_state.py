@@ -174,3 +174,32 @@ def test_without_record_locks_the_file_alone_decides(tmp_path, caplog, no_record
     assert "does not support record locks" in caplog.text and "taking over" in caplog.text
     lock.release()
     state.StateLock(tmp_path).acquire()  # a clean release leaves nothing to refuse
+
+
+# ---------------------------------------------------------------- the state dir's log
+
+
+def test_the_trainer_log_appends_each_run_after_a_header(tmp_path, monkeypatch):
+    """Records reach `<state-dir>/trainer.log` in the job log's format while the context lasts,
+    after a header naming the run; a second run appends (the first one's lines are kept)."""
+    log = logging.getLogger("k400ft.test_state")
+    log.setLevel(logging.INFO)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setattr(sys, "orig_argv", ["python", "scripts/finetune.py", "--spec", "{}"])
+    log.info("before the lock")
+    with state.trainer_log(tmp_path, 0, 2) as path:
+        log.warning("first run: epoch 1")
+    log.info("after the first run")
+    with state.trainer_log(tmp_path, 0, 2):
+        log.info("second run")
+    lines = path.read_text().splitlines()
+    assert path == tmp_path / "trainer.log"
+    header = f"======== trainer host {socket.gethostname()} pid {os.getpid()}, SLURM job 4242, "
+    assert lines[0].startswith(header) and lines[0].endswith("; rank 0 of 2")
+    assert lines[1] == "command: python scripts/finetune.py --spec '{}'"
+    assert lines[2].endswith(" WARNING k400ft.test_state: first run: epoch 1")
+    assert lines[3].startswith(header) and lines[4].startswith("command: ")
+    assert lines[5].endswith(" INFO k400ft.test_state: second run") and len(lines) == 6
+    assert not any(  # the handler is gone with the context
+        getattr(h, "baseFilename", None) == str(path) for h in logging.getLogger().handlers
+    )

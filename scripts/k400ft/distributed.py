@@ -94,6 +94,12 @@ def init(device: str | None = None) -> DistInfo:
     return DistInfo(rank, local_rank, world_size, torch_device)
 
 
+def launch_rank() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as torchrun set them ((0, 1) without torchrun), whether or not the
+    process group is up (a rank that failed before or while joining it still knows)."""
+    return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+
+
 def active() -> bool:
     """Whether a process group with more than this process is up."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -39,7 +39,14 @@ down on every way out (`video.close_loaders`), so the process exits with the err
 log instead of waiting for ever on workers that ignore SIGTERM. The state dir belongs to one
 trainer for the whole run: rank 0 holds its lock (`state.StateLock`) and a second trainer refuses
 (EXIT_LOCKED = 73) naming the holder. The resume state itself (files, random streams, the lock)
-is `k400ft.state`.
+is `k400ft.state`. Every way out of `finetune()` ends the rank's log with the reason and an
+`exitcode: N` line (`report_exit`): torchrun reports a trainer's code only when the trainer
+ends first, not when torchrun itself is signalled.
+
+Logs (rank 0): the log records go to the job's log (stderr) and, while the lock is held, are
+appended to `<state-dir>/trainer.log` after a header naming the run (`state.trainer_log`): the
+job log can be deleted beside a running trainer (Snakemake removes it before a second job on the
+same state dir starts); `trainer.log` keeps every run of the state dir.
 
 Observability (rank 0): per-step JSONL lines (mean loss, lr, clips/s, data-wait share, GPU
 memory) every `log_every` steps, an epoch line (train loss, val top-1/top-5, times), both in
@@ -90,6 +97,15 @@ log = logging.getLogger("k400ft.finetune")
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL (sysexits.h): saved on a signal, run me again to resume
 EXIT_LOCKED = 73  # EX_CANTCREAT: another trainer holds the state dir
+EXIT_REFUSED = 2  # a refused spec or split CSV (the message names the key, or the file and line)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a Ctrl-C
+EXIT_MEANINGS = {
+    0: "done",
+    EXIT_REQUEUE: "stopped by a signal, state saved: run again to resume",
+    EXIT_REFUSED: "a refused spec or split CSV",
+    EXIT_LOCKED: "the state dir is in use by another trainer",
+    EXIT_INTERRUPTED: "interrupted",
+}
 LR_REFERENCE_BATCH = 256  # lr = base_lr x global_batch / 256 (upstream's linear scaling rule)
 LOG_LINES_PER_EPOCH = 100  # step lines are means over steps_per_epoch // 100 steps (at least 1)
 PROJECT_AFTER_STEPS = 20  # log the cost projection after this many steps (or the first epoch)
@@ -854,17 +870,30 @@ class Finetune:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Lock the state dir, train (resuming), write the outputs; returns the exit code.
+        """Lock the state dir, log into it (rank 0), train (resuming), write the outputs;
+        returns the exit code, whatever happens (an exception is reported, not raised).
 
         On every way out, an exception on this rank included, the loaders' workers are shut
-        down (`video.close_loaders`) and the lock released, so the process ends at once with
-        the error last in its log; torchrun then ends the other ranks."""
-        try:
-            self.lock_state_dir()
-            return self.loop()
-        finally:
-            video.close_loaders(self.train_loader, self.val_loader)
-            self.lock.release()
+        down (`video.close_loaders`), the reason and the exit code logged (`report_exit`; on
+        rank 0 into `<state-dir>/trainer.log` too, from the moment it holds the lock), then
+        the lock released: the process ends at once with the error last in its log; torchrun
+        then ends the other ranks. A trainer refused the lock writes nothing into the state
+        dir's log."""
+        code, error = 1, None
+        with contextlib.ExitStack() as held:
+            held.callback(self.lock.release)  # last: after the exit line reached trainer.log
+            try:
+                self.lock_state_dir()
+                if self.info.is_primary:
+                    held.enter_context(
+                        state.trainer_log(self.state_dir, self.info.rank, self.info.world_size)
+                    )
+                code = self.loop()
+            except BaseException as err:  # noqa: BLE001 - every way out is reported
+                error = err
+            finally:
+                video.close_loaders(self.train_loader, self.val_loader)
+            return report_exit(code, error)
 
     def lock_state_dir(self) -> None:
         """Rank 0 takes the state dir's lock (`state.StateLock`); when another trainer holds
@@ -1031,9 +1060,49 @@ def finetune(
     state_dir: str,
     out_dir: str,
 ) -> int:
-    """Fine-tune one model (rules/finetune.smk); returns the exit code (0, or EXIT_REQUEUE)."""
-    info = distributed.init(device)
+    """Fine-tune one model (rules/finetune.smk); returns the process's exit code, whatever
+    happens: 0 done, EXIT_REQUEUE, EXIT_REFUSED, EXIT_LOCKED, 1 a failure (`report_exit`).
+    The split CSVs, the spec and the checkpoint are checked before anything is written."""
     try:
-        return Finetune(spec, info, train_csv, val_csv, pretrained, state_dir, out_dir).run()
+        try:
+            trainer = Finetune(
+                spec, distributed.init(device), train_csv, val_csv, pretrained, state_dir, out_dir
+            )
+        except BaseException as err:  # noqa: BLE001 - a refusal or a failure, reported
+            return report_exit(1, err)
+        return trainer.run()
     finally:
         distributed.cleanup()
+
+
+def report_exit(code: int, error: BaseException | None) -> int:
+    """Log why this rank stops and then `rank R of N: exitcode: C (meaning)`; returns C.
+
+    error: the exception that ended the run (None: `code` is what the run returned). A refused
+    spec or split CSV (EXIT_REFUSED) and a state dir held by another trainer (EXIT_LOCKED) are
+    one line; a Ctrl-C is EXIT_INTERRUPTED; anything else is logged with its traceback and is
+    1. The exit line is the rank's own record of its code: torchrun prints a trainer's code
+    only when the trainer ends first, not when torchrun itself gets the signal (SLURM's
+    SIGTERM before the time limit), which it reports as a SignalException and exit 1."""
+    if isinstance(error, (SpecError, video.SplitCSVError)):
+        code = EXIT_REFUSED
+        log.error("%s", error)
+    elif isinstance(error, state.StateLocked):
+        code = EXIT_LOCKED
+        log.error("%s", error)
+    elif isinstance(error, KeyboardInterrupt):
+        code = EXIT_INTERRUPTED
+        log.error("interrupted (SIGINT)")
+    elif error is not None:
+        code = 1
+        log.error("the fine-tune failed", exc_info=error)
+    rank, world_size = distributed.launch_rank()
+    log.log(
+        logging.INFO if code == 0 else logging.WARNING if code == EXIT_REQUEUE else logging.ERROR,
+        "rank %d of %d: exitcode: %d (%s)",
+        rank,
+        world_size,
+        code,
+        EXIT_MEANINGS.get(code, "failed"),
+    )
+    return code

@@ -52,14 +52,14 @@ def _umask() -> int:
     return mask
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
+
+
 def setup_logging(name: str = "k400ft") -> logging.Logger:
     """Log to stderr (which each rule sends to its log file) with timestamps."""
     logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        force=True,
+        stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATEFMT, force=True
     )
     return logging.getLogger(name)
 

@@ -650,6 +650,35 @@ def sample_rows(rows: list[tuple[str, int]], count: int, seed: int = 0) -> list[
     return picked
 
 
+def read_splits(
+    spec: dict, train_csv: str | Path, test_csv: str | Path
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The rows of the user's train and test CSVs, both checked before anything is measured
+    (SplitCSVError naming the file, SpecError naming the key): every line and label, enough
+    train videos for one batch of every model (the fed step times whole batches, from a
+    sample of `plan.videos`), and at least 2 test videos (the evaluation's timing starts
+    after one warm-up video)."""
+    batch, name = max((m["finetune"]["batch_per_gpu"], n) for n, m in spec["models"].items())
+    if spec["plan"]["videos"] < batch:
+        raise ft.SpecError(
+            f"plan.videos {spec['plan']['videos']} is smaller than one batch of {name} "
+            f"(finetune.batch_per_gpu {batch}): the plan times whole batches"
+        )
+    train_rows = video.read_split_csv(
+        train_csv,
+        spec["num_classes"],
+        min_videos=batch,
+        need=f"the plan times batches of {batch} (finetune.batch_per_gpu of {name})",
+    )
+    test_rows = video.read_split_csv(
+        test_csv,
+        spec["num_classes"],
+        min_videos=2,
+        need="the plan times the evaluation on at least 2 videos, the first untimed",
+    )
+    return train_rows, test_rows
+
+
 def render_markdown(plan: dict) -> str:
     """cost.md: the measured figures, the projections and the advice, per model."""
     lines = [
@@ -744,8 +773,7 @@ def plan(
     gpus = launch["finetune"]["nodes"] * procs
     eval_gpus = launch["evaluate"]["nodes"] * launch["evaluate"]["procs_per_node"]
     workers = distributed.loader_workers(threads, procs)  # what each fine-tune process gets
-    train_rows = video.read_split_csv(train_csv, spec["num_classes"])
-    test_rows = video.read_split_csv(test_csv, spec["num_classes"])
+    train_rows, test_rows = read_splits(spec, train_csv, test_csv)
     record: dict[str, Any] = {
         "node": {
             "device": torch.cuda.get_device_name(torch_device)

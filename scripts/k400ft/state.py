@@ -15,6 +15,12 @@ refuses at once and says who holds it. A file still naming a holder that the loc
 (a kill -9, a lost node) is taken over, loudly. On a file system without record locks the file
 alone decides: a live holder on this host, or any holder on another host, refuses; a dead
 holder on this host is taken over loudly.
+
+`trainer_log`: while the lock is held, the holder's log records (the job log's) are also
+appended to `<state-dir>/trainer.log`, each run after a header naming it. The job log is the
+workflow's file and can be lost beside a running trainer (Snakemake deletes a job's log before
+it starts the job, a second job on the same state dir included); `trainer.log` is written only
+by the lock holder and never truncated, so it keeps what every trainer of the state dir did.
 """
 
 from __future__ import annotations
@@ -28,19 +34,23 @@ import json
 import logging
 import os
 import random
+import shlex
 import socket
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from k400ft.io import atomic_write
+from k400ft.io import LOG_DATEFMT, LOG_FORMAT, atomic_write
 
 log = logging.getLogger("k400ft.state")
 
 STATE_MAGIC = b"k400ft-state-v1\n"  # a state file: magic, sha256 hex of the payload, "\n", payload
 LOCK_NAME = "trainer.lock"
+LOG_NAME = "trainer.log"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # a file system without record locks
 
 
@@ -279,3 +289,29 @@ class StateLock:
             self._handle.flush()
         self._handle.close()  # closing drops the record lock
         self._handle = None
+
+
+@contextlib.contextmanager
+def trainer_log(state_dir: str | os.PathLike, rank: int, world_size: int) -> Iterator[Path]:
+    """Append this process's log records to `<state-dir>/trainer.log` while the context lasts.
+
+    For the holder of the state dir's `StateLock` only (rank 0, after `acquire`), so one
+    trainer writes at a time and a refused one never does. The file is opened in append mode
+    and never truncated; each run starts with a header: host, pid, SLURM job, start time,
+    rank and world size, the command line. The records are the root logger's, in the job
+    log's format (`io.setup_logging`); loader workers forked meanwhile write theirs too."""
+    path = Path(state_dir) / LOG_NAME
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    handler.stream.write(
+        f"======== trainer {describe_holder(_holder())}; rank {rank} of {world_size}\n"
+        f"command: {shlex.join(sys.orig_argv)}\n"
+    )
+    handler.flush()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()

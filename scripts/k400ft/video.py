@@ -101,14 +101,17 @@ class SplitCSVError(ValueError):
     """A split CSV line that cannot be used (the message names the file and line)."""
 
 
-def read_split_csv(path: str | Path, num_classes: int | None = None) -> list[tuple[str, int]]:
+def read_split_csv(
+    path: str | Path, num_classes: int | None = None, min_videos: int = 0, need: str = ""
+) -> list[tuple[str, int]]:
     """Read a split CSV: `<path><whitespace><label>` per line, split on the LAST whitespace run.
 
     So upstream's one-space lines, the seed docs' two-space example and paths containing
     spaces all parse; a UTF-8 byte-order mark (what spreadsheet tools write) is skipped. Blank
     lines are skipped; a line without a path and a non-negative integer label, or (when
     `num_classes` is given) with a label outside 0..num_classes-1, raises SplitCSVError naming
-    the file and line number.
+    the file and line number; so does a file of fewer than `min_videos` videos (naming the
+    file and the count, then `need`: what needs more).
     """
     rows = []
     with open(path, "rb") as handle:
@@ -130,6 +133,11 @@ def read_split_csv(path: str | Path, num_classes: int | None = None) -> list[tup
                     f"(num_classes {num_classes})"
                 )
             rows.append((parts[0].strip(), label))
+    if len(rows) < min_videos:
+        empty = "no videos (not one '<video path> <label>' line)"
+        found = f"{len(rows)} video(s)" if rows else empty
+        need = need or (f"at least {min_videos} needed" if rows else "")
+        raise SplitCSVError(f"{path}: {found}" + (f"; {need}" if need else ""))
     return rows
 
 
@@ -404,16 +412,14 @@ def item_rngs(seed: int, epoch: int, index: int) -> Iterator[np.random.Generator
 # --------------------------------------------------------------------------------------------
 class _SplitVideos(Dataset):
     """Paths and labels of a split CSV, held in two numpy arrays (UTF-8 bytes and int64: no
-    per-row Python objects for forked workers to copy on access). With `num_classes`, every
-    label is checked at once (SplitCSVError naming the file and line), before any worker
-    starts."""
+    per-row Python objects for forked workers to copy on access). A CSV without videos, and
+    with `num_classes` every label, is checked at once (SplitCSVError naming the file, and the
+    line), before any worker starts."""
 
     def __init__(
         self, csv_path: str | Path, data_cfg: dict[str, Any], num_classes: int | None = None
     ):
-        rows = read_split_csv(csv_path, num_classes)
-        if not rows:
-            raise ValueError(f"{csv_path}: no videos")
+        rows = read_split_csv(csv_path, num_classes, min_videos=1)
         self.csv_path = str(csv_path)
         self._paths = np.array([video.encode("utf-8", "surrogateescape") for video, _ in rows])
         self.labels = np.array([label for _, label in rows], dtype=np.int64)
