@@ -1,15 +1,21 @@
 """k400ft.transcode (short-keyframe copies) on tiny real mp4 files, and its place in the DAG."""
 
+import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import transcode as script
-from test_workflow import PAPER_JOBS, fake_kinetics, job_counts, snakemake, write_config
+from test_finetune import alive, process_tree
+from test_workflow import PAPER_JOBS, ROOT, fake_kinetics, job_counts, snakemake, write_config
 from videos import write_pattern_mp4
 
 from k400ft import transcode as T
@@ -267,6 +273,51 @@ def test_script_errors_name_the_file(tmp_path, capsys):
     assert code == 1
     assert re.search(r"error: .*train\.csv:2: expected", capsys.readouterr().err)
     assert not (tmp_path / "0.json").exists()
+
+
+def shard_args(tmp_path, train_csv, val_csv, videos, output, workers=1) -> list[str]:
+    """scripts/transcode.py's arguments for shard 0 of 1."""
+    return [
+        "shard", "--train", str(train_csv), "--val", str(val_csv), "--shard", "0", "--shards",
+        "1", "--keyint", "12", "--crf", "18", "--preset", "veryfast", "--tune", "fastdecode",
+        "--videos", str(videos), "--workers", str(workers), "--output", str(output),
+    ]  # fmt: skip
+
+
+def test_a_killed_shard_takes_its_pool_with_it(tmp_path):
+    """kill -9 of a shard (the OOM killer, a scancel) while its workers are busy on videos:
+    every process it started ends with it. Its fork server, pool workers and resource tracker
+    outlived it, re-parented to init, ~570 MB each."""
+    stuck = [tmp_path / f"fifo{n}.mp4" for n in range(2)]  # a worker reading one waits for us
+    for fifo in stuck:
+        os.mkfifo(fifo)
+    good = [write_pattern_mp4(tmp_path / f"{n}.mp4", 8, 32, 64, seed=n) for n in range(2)]
+    train_csv, val_csv = splits(tmp_path, [*stuck, *good], [])
+    args = shard_args(tmp_path, train_csv, val_csv, tmp_path / "videos", tmp_path / "0.json", 2)
+    with open(tmp_path / "shard.log", "w") as log:
+        shard = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts/transcode.py"), *args], stderr=log
+        )
+    tree, writers = [shard.pid], {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(writers) < len(stuck):  # until both workers are reading their FIFO
+            assert shard.poll() is None, (tmp_path / "shard.log").read_text()
+            assert time.monotonic() < deadline, "the workers never opened their video"
+            time.sleep(0.1)
+            for fifo in set(stuck) - set(writers):
+                with contextlib.suppress(OSError):  # ENXIO: no reader yet
+                    writers[fifo] = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        tree = process_tree(shard.pid)
+        shard.kill()
+        shard.wait()
+        left = alive(tree[1:], wait=3.0)
+        assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:100] for pid in left]
+    finally:
+        for pid in alive(tree):
+            os.kill(pid, signal.SIGKILL)
+        for fd in writers.values():
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from k400ft.io import atomic_write
+from k400ft.io import atomic_write, die_with_parent
 from k400ft.video import describe_error, open_video, read_frames, read_split_csv, write_split_csv
 
 LOG = logging.getLogger("k400ft.transcode")
@@ -337,15 +337,23 @@ def transcode_one(
 # One shard
 # --------------------------------------------------------------------------------------------
 def _pool(workers: int) -> ProcessPoolExecutor:
-    """A process pool started by a fork server, not by fork.
+    """A process pool of spawned workers (a fresh interpreter each) that die with this process.
 
-    Forking a process that runs threads (an earlier pool's manager and feeder threads, tqdm's
-    monitor) can leave the child waiting forever on a lock some thread held at fork time: seen
-    here as a hang when a pool is made again after a worker died. The server preloads this
-    module, so a worker starts in milliseconds instead of importing torch and PyAV anew."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["k400ft.transcode"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    Not fork: forking a process that runs threads (an earlier pool's manager and feeder
+    threads, tqdm's monitor) can leave the child waiting forever on a lock some thread held at
+    fork time, seen here as a hang when a pool was made again after a worker died. Not the
+    fork server: it and its workers (its children, not ours) outlived a kill -9 of the shard,
+    re-parented to init, for good (the workers hold the server's "alive" pipe, and an idle
+    worker holds both ends of its task queue); and no code of ours can run in the server on
+    Python 3.11, whose preload ignores sys.path (CPython gh-117378: its workers imported torch
+    and PyAV themselves, as spawned ones do). A spawned worker is the shard's own child and
+    asks for SIGKILL when the shard dies (`die_with_parent`, the initializer); the resource
+    tracker exits once they are all gone.
+
+    The kernel sends that signal when the *thread* that started the worker ends: workers are
+    started by `submit`, so submit from a thread that outlives the pool (the main thread)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent)
 
 
 def _run_pool(
