@@ -8,15 +8,25 @@
         --val results/splits/val.csv --out-dir results/transcode results/transcode/shards/*.json
 
 The logic lives in k400ft.transcode; this script only parses arguments (rules/transcode.smk).
-Exit 1 with a message naming the file or setting when the stage cannot run; a video that does
-not transcode is not an error (it is reported and the fine-tune keeps its original).
+Exit codes: 0 done; 1 the stage cannot run as asked (a bad CSV, setting or shard record: the
+message names the file or setting); 74 (EX_IOERR) an output cannot be written (a read-only or
+full disk, a file where a folder should be: the message names the path; a shard tries its
+folders before encoding anything). A video that does not transcode is not an error (it is
+reported and the fine-tune keeps its original).
 """
 
 import argparse
 import sys
 
 from k400ft.io import setup_logging
-from k400ft.transcode import Settings, TranscodeError, gather, run_shard
+from k400ft.transcode import (
+    EXIT_IOERR,
+    OutputError,
+    Settings,
+    TranscodeError,
+    gather,
+    run_shard,
+)
 from k400ft.video import SplitCSVError
 
 
@@ -60,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             gather(args.train, args.val, args.shard_files, args.out_dir)
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_IOERR
     except (TranscodeError, SplitCSVError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

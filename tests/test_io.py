@@ -1,11 +1,12 @@
 """The atomic output writer every stage uses."""
 
+import errno
 import os
 import stat
 
 import pytest
 
-from k400ft.io import atomic_write, load_json_arg
+from k400ft.io import atomic_write, check_writable, load_json_arg
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):
@@ -28,6 +29,24 @@ def test_atomic_write_gives_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out.bin").stat().st_mode) == 0o644
+
+
+def test_check_writable_tries_the_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    check_writable(tmp_path / "new" / "folder")  # made, parents too
+    assert list((tmp_path / "new" / "folder").iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError):
+        check_writable(tmp_path / "file")
+    with pytest.raises(NotADirectoryError):
+        check_writable(tmp_path / "file" / "sub")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        check_writable(tmp_path / "new")
+    assert list((tmp_path / "new").iterdir()) == [tmp_path / "new" / "folder"]
 
 
 def test_load_json_arg_names_the_argument():

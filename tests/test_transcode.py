@@ -1,15 +1,25 @@
 """k400ft.transcode (short-keyframe copies) on tiny real mp4 files, and its place in the DAG."""
 
+import contextlib
+import errno
+import functools
+import io
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import av
 import numpy as np
 import pytest
 import transcode as script
-from test_workflow import PAPER_JOBS, fake_kinetics, job_counts, snakemake, write_config
+from test_finetune import alive, process_tree
+from test_workflow import PAPER_JOBS, ROOT, fake_kinetics, job_counts, snakemake, write_config
 from videos import write_pattern_mp4
 
 from k400ft import transcode as T
@@ -267,6 +277,180 @@ def test_script_errors_name_the_file(tmp_path, capsys):
     assert code == 1
     assert re.search(r"error: .*train\.csv:2: expected", capsys.readouterr().err)
     assert not (tmp_path / "0.json").exists()
+
+
+def shard_args(tmp_path, train_csv, val_csv, videos, output, workers=1) -> list[str]:
+    """scripts/transcode.py's arguments for shard 0 of 1."""
+    return [
+        "shard", "--train", str(train_csv), "--val", str(val_csv), "--shard", "0", "--shards",
+        "1", "--keyint", "12", "--crf", "18", "--preset", "veryfast", "--tune", "fastdecode",
+        "--videos", str(videos), "--workers", str(workers), "--output", str(output),
+    ]  # fmt: skip
+
+
+def test_a_killed_shard_takes_its_pool_with_it(tmp_path):
+    """kill -9 of a shard (the OOM killer, a scancel) while its workers are busy on videos:
+    every process it started ends with it. Its fork server, pool workers and resource tracker
+    outlived it, re-parented to init, ~570 MB each."""
+    stuck = [tmp_path / f"fifo{n}.mp4" for n in range(2)]  # a worker reading one waits for us
+    for fifo in stuck:
+        os.mkfifo(fifo)
+    good = [write_pattern_mp4(tmp_path / f"{n}.mp4", 8, 32, 64, seed=n) for n in range(2)]
+    train_csv, val_csv = splits(tmp_path, [*stuck, *good], [])
+    args = shard_args(tmp_path, train_csv, val_csv, tmp_path / "videos", tmp_path / "0.json", 2)
+    with open(tmp_path / "shard.log", "w") as log:
+        shard = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts/transcode.py"), *args], stderr=log
+        )
+    tree, writers = [shard.pid], {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(writers) < len(stuck):  # until both workers are reading their FIFO
+            assert shard.poll() is None, (tmp_path / "shard.log").read_text()
+            assert time.monotonic() < deadline, "the workers never opened their video"
+            time.sleep(0.1)
+            for fifo in set(stuck) - set(writers):
+                with contextlib.suppress(OSError):  # ENXIO: no reader yet
+                    writers[fifo] = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        tree = process_tree(shard.pid)
+        shard.kill()
+        shard.wait()
+        left = alive(tree[1:], wait=3.0)
+        assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:100] for pid in left]
+    finally:
+        for pid in alive(tree):
+            os.kill(pid, signal.SIGKILL)
+        for fd in writers.values():
+            os.close(fd)
+
+
+@pytest.mark.parametrize("how", ["read-only", "a file"])
+@pytest.mark.parametrize("folder", ["videos", "shards"])
+def test_an_output_folder_that_cannot_be_written_fails_the_shard_before_any_video(
+    tmp_path, sources, monkeypatch, capsys, folder, how
+):
+    """A read-only (EROFS) folder of the copies or of the shard record, or a file where it
+    should be, is the job's failure, exit 74 naming the path, found before any video is
+    encoded. It was 1 failed video per video and exit 0 (copies), or a bare OSError after the
+    whole shard's work (record). Tests run as root, where chmod does not stop writes: the
+    read-only file system is os.open raising EROFS under the folder."""
+    train_csv, val_csv = splits(tmp_path, sources["good"][:2], [])
+    target = tmp_path / folder
+    if how == "a file":
+        target.write_text("")
+    else:
+        real_open = os.open
+
+        def read_only(path, *args, **kwargs):
+            if Path(path).is_relative_to(target):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only)
+
+    def encode(*args, **kwargs):
+        raise AssertionError("videos were encoded before the output folders were tried")
+
+    monkeypatch.setattr(T, "transcode_sources", encode)
+    output = tmp_path / "shards" / "0.json"
+    code = script.main(shard_args(tmp_path, train_csv, val_csv, tmp_path / "videos", output))
+    err = capsys.readouterr().err
+    assert code == T.EXIT_IOERR == 74, err
+    cause = "Read-only file system" if how == "read-only" else "(File exists|Not a directory)"
+    assert re.search(rf"error: cannot write {re.escape(str(target))}: .*{cause}", err), err
+    assert not output.exists()
+
+
+class _FullFile(io.FileIO):
+    """A file on a full disk: every write raises ENOSPC."""
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _failing_write(fault: str, source, dest, settings, psnr_frames=0):
+    """transcode_one in a worker whose writes fail: the copy's temp file cannot be created
+    (read-only), its data cannot be written or synced (full disk)."""
+    patches = {
+        "create": mock.patch("tempfile.mkstemp", side_effect=OSError(errno.EROFS, "Read-only")),
+        "write": mock.patch("os.fdopen", lambda fd, mode: _FullFile(fd, "wb")),
+        "fsync": mock.patch("os.fsync", side_effect=OSError(errno.ENOSPC, "No space")),
+    }
+    with patches[fault]:
+        return T.transcode_one(source, dest, settings, psnr_frames)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("create", errno.EROFS), ("write", errno.ENOSPC), ("fsync", errno.ENOSPC)],
+)
+def test_an_io_error_writing_a_copy_fails_the_shard_naming_it(tmp_path, sources, fault, code):
+    """A read-only or full disk met while writing a copy is raised, naming the copy, not
+    recorded as the video's failure (the fine-tune trained on the originals, exit 0). No
+    copy, whole or partial, is left."""
+    videos = tmp_path / "videos"
+    work = functools.partial(_failing_write, fault)
+    with pytest.raises(OSError) as raised:
+        T.transcode_sources(sources["good"], videos, SETTINGS, workers=1, work=work)
+    assert isinstance(raised.value, T.OutputError) and raised.value.errno == code
+    assert raised.value.filename in {str(T.copy_path(p, videos)) for p in sources["good"]}
+    assert str(raised.value).startswith(f"cannot write {videos}")
+    assert [p for p in videos.rglob("*") if p.is_file()] == []
+
+
+def test_a_shard_record_that_cannot_be_written_exits_74(tmp_path, sources, monkeypatch, capsys):
+    """The disk fills up after the folders were tried: writing the record fails, exit 74
+    naming it (it was a bare OSError's traceback)."""
+    train_csv, val_csv = splits(tmp_path, sources["good"][:1], [])
+    output = tmp_path / "shards" / "0.json"
+    real_replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if Path(dst) == output:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    code = script.main(shard_args(tmp_path, train_csv, val_csv, tmp_path / "videos", output))
+    err = capsys.readouterr().err
+    assert code == 74, err
+    assert f"error: cannot write {output}: [Errno 28] No space left on device" in err
+    assert list(output.parent.iterdir()) == []
+
+
+def test_gather_fails_on_shard_records_of_output_errors_and_on_its_own(tmp_path, sources, capsys):
+    """gather refuses a shard record that is missing or lists a video failed by a read-only
+    or full disk (what the stage wrote before such errors failed the shard), naming it: it
+    exited 0 and the fine-tune read the originals. Outputs it cannot write: exit 74."""
+    good = sources["good"]
+    train_csv, val_csv = splits(tmp_path, good[:2], [])
+    record = tmp_path / "0.json"
+    T.run_shard(train_csv, val_csv, 0, 1, tmp_path / "videos", SETTINGS, record)
+
+    def gather(*shards, out=tmp_path / "out"):
+        args = ["gather", "--train", str(train_csv), "--val", str(val_csv), "--out-dir", str(out)]
+        return script.main([*args, *map(str, shards)]), capsys.readouterr().err
+
+    code, err = gather(tmp_path / "1.json")
+    assert code == 1 and f"{tmp_path / '1.json'}: cannot read the shard record" in err
+    data = json.loads(record.read_text())
+    failure = {"status": "failed", "copy": None, "reason": None}
+    for errno_ in (errno.EROFS, errno.ENOSPC):
+        failure["reason"] = f"[Errno {errno_}] {os.strerror(errno_)}: '{tmp_path}/videos/ab'"
+        data["records"][1].update(failure)
+        record.write_text(json.dumps(data))
+        code, err = gather(record)
+        assert code == 1, err
+        assert f"{record}: {good[1]} failed writing its copy" in err
+        assert not (tmp_path / "out").exists()
+    (tmp_path / "out").write_text("")
+    data["records"][1]["reason"] = "Invalid data found when processing input"  # a bad video
+    record.write_text(json.dumps(data))
+    code, err = gather(record)
+    assert code == 74 and f"error: cannot write {tmp_path / 'out'}: " in err
+    code, err = gather(record, out=tmp_path / "ok")
+    assert code == 0, err
+    assert read_split_csv(tmp_path / "ok" / "train.csv")[1] == (good[1], 1)
 
 
 # --------------------------------------------------------------------------------------------

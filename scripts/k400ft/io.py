@@ -46,6 +46,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.close(dir_fd)
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create `folder` (parents too) if it is missing, and write, fsync and delete a one-byte
+    file in it: a read-only or full file system, a folder without write permission or a file
+    where the folder should be raises its OSError here, before a job spends any work on
+    outputs it could not keep. Concurrent callers do not collide (unique probe names)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix=".write-probe.", dir=folder) as probe:
+        probe.write(b"\0")
+        probe.flush()
+        os.fsync(probe.fileno())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

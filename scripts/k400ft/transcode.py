@@ -14,7 +14,10 @@ The stage, in Snakemake jobs (rules/transcode.smk):
   copy atomically under <videos>/ (`copy_path`) in a pool of processes, one x264 thread
   each, skips a copy already there and valid for the same source and settings
   (`check_copy`), measures the PSNR of a sample (`measure_psnr`) and writes one JSON record
-  per video, failures with their reason.
+  per video, failures with their reason. A video that does not transcode is a failure of
+  that video; an output that cannot be written (a read-only or full disk, a file where a
+  folder should be) is the job's failure (`OutputError`, naming the path): the folders are
+  tried before any video, and an I/O error on a copy stops the shard at once.
 - `gather` (rule `transcode_gather`): the fine-tune's train.csv / val.csv (copies; the
   originals of the failures) and report.json (counts, failures, PSNR, seconds, core-seconds).
 
@@ -27,6 +30,7 @@ decoding each: without tune fastdecode the copy decoded no faster than its sourc
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -35,7 +39,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -47,7 +51,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from k400ft.io import atomic_write
+from k400ft.io import atomic_write, check_writable, die_with_parent
 from k400ft.video import describe_error, open_video, read_frames, read_split_csv, write_split_csv
 
 LOG = logging.getLogger("k400ft.transcode")
@@ -75,6 +79,35 @@ MAX_PSNR = 100.0
 
 class TranscodeError(ValueError):
     """The stage cannot run as asked (bad shard, bad CSV, bad settings); the message says why."""
+
+
+class OutputError(OSError):
+    """An output of the stage cannot be written (a copy, a folder, a shard record, gather's
+    CSVs): a read-only or full file system, a file where a folder should be. The job fails
+    (scripts/transcode.py exits EXIT_IOERR), naming the path: every later video would fail the
+    same way, so it is never reported as one video's failure. errno is the cause's."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+EXIT_IOERR = 74  # EX_IOERR (sysexits.h): scripts/transcode.py, when an OutputError ends the job
+# Errors only a write raises: a shard record whose video failed with one of them was written by
+# a version of the stage that counted a read-only or full disk as failed videos (`gather`).
+WRITE_ONLY_ERRORS = tuple(os.strerror(code) for code in (errno.EROFS, errno.ENOSPC, errno.EDQUOT))
+
+
+@contextlib.contextmanager
+def _writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError raised in the block into an OutputError naming `path` (the output the
+    block writes). PyAV's errors are OSErrors too, but a decoder's or encoder's: left as they
+    are (a bad video); a write to the copy's file raises the file's own OSError through PyAV."""
+    try:
+        yield
+    except (OutputError, av.error.FFmpegError):
+        raise
+    except OSError as err:
+        raise OutputError(err.errno, str(err), os.fspath(path)) from err
 
 
 @dataclass(frozen=True)
@@ -205,11 +238,13 @@ def encode_copy(source: str | os.PathLike, dest: str | os.PathLike, settings: Se
     Frames are passed decoded as they are (no RGB round trip), re-stamped 0, 1, 2, ... at
     the source's average rate: decord reads frames by index, which this keeps. Written
     through atomic_write: an error or a kill leaves no partial copy (stale temp files of a
-    killed run are removed here first). Raises on any decode or encode error."""
+    killed run are removed here first). Raises on any decode or encode error; an OutputError
+    when `dest` cannot be written."""
     dest = Path(dest)
-    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+    with _writing(dest):
+        for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
     tag = source_tag(source, settings)
     with av.open(os.fspath(source)) as inp:
         if not inp.streams.video:
@@ -224,7 +259,7 @@ def encode_copy(source: str | os.PathLike, dest: str | os.PathLike, settings: Se
             raise TranscodeError(f"frame size {height}x{width} is odd (yuv420p needs even sides)")
         time_base = Fraction(1) / Fraction(rate)
         written = 0
-        with atomic_write(dest, "wb") as handle:
+        with _writing(dest), atomic_write(dest, "wb") as handle:
             with av.open(handle, "w", format="mp4") as out:
                 out.metadata[TAG] = tag
                 video = out.add_stream(
@@ -302,7 +337,8 @@ def measure_psnr(source: str | os.PathLike, copy: str | os.PathLike, frames: int
 def transcode_one(
     source: str, dest: str, settings: Settings, psnr_frames: int = 0
 ) -> dict[str, Any]:
-    """Make (or reuse) the copy of one video; never raises for a bad video.
+    """Make (or reuse) the copy of one video; never raises for a bad video, raises
+    OutputError when the copy cannot be written (the job's failure, not the video's).
 
     Returns its record: status transcoded / reused / failed, the reason of a failure, the
     copy (None when failed: the fine-tune keeps the original), frames, seconds and
@@ -317,7 +353,8 @@ def transcode_one(
             encode_copy(source, dest, settings)
             problem = check_copy(source, dest, settings)
             if problem is not None:
-                os.unlink(dest)
+                with _writing(dest):
+                    os.unlink(dest)
                 raise TranscodeError(f"the new copy is not usable: {problem}")
             record["status"] = "transcoded"
         record["copy"] = dest
@@ -326,6 +363,8 @@ def transcode_one(
         record["copy_bytes"] = os.path.getsize(dest)
         if psnr_frames > 0:
             record["psnr"] = measure_psnr(source, dest, psnr_frames)
+    except OutputError:
+        raise
     except Exception as err:
         record.update(status="failed", copy=None, reason=describe_error(err))
     record["seconds"] = time.monotonic() - wall
@@ -337,15 +376,23 @@ def transcode_one(
 # One shard
 # --------------------------------------------------------------------------------------------
 def _pool(workers: int) -> ProcessPoolExecutor:
-    """A process pool started by a fork server, not by fork.
+    """A process pool of spawned workers (a fresh interpreter each) that die with this process.
 
-    Forking a process that runs threads (an earlier pool's manager and feeder threads, tqdm's
-    monitor) can leave the child waiting forever on a lock some thread held at fork time: seen
-    here as a hang when a pool is made again after a worker died. The server preloads this
-    module, so a worker starts in milliseconds instead of importing torch and PyAV anew."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["k400ft.transcode"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    Not fork: forking a process that runs threads (an earlier pool's manager and feeder
+    threads, tqdm's monitor) can leave the child waiting forever on a lock some thread held at
+    fork time, seen here as a hang when a pool was made again after a worker died. Not the
+    fork server: it and its workers (its children, not ours) outlived a kill -9 of the shard,
+    re-parented to init, for good (the workers hold the server's "alive" pipe, and an idle
+    worker holds both ends of its task queue); and no code of ours can run in the server on
+    Python 3.11, whose preload ignores sys.path (CPython gh-117378: its workers imported torch
+    and PyAV themselves, as spawned ones do). A spawned worker is the shard's own child and
+    asks for SIGKILL when the shard dies (`die_with_parent`, the initializer); the resource
+    tracker exits once they are all gone.
+
+    The kernel sends that signal when the *thread* that started the worker ends: workers are
+    started by `submit`, so submit from a thread that outlives the pool (the main thread)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent)
 
 
 def _run_pool(
@@ -357,7 +404,9 @@ def _run_pool(
 ) -> list[int]:
     """Run work(*tasks[i]) for each i of `indices` in `workers` processes, at most 2 per
     worker in flight, calling done(i, record) as each finishes. If a process dies (a decoder
-    crash), stop and return the indices in flight (the culprit is among them); else []."""
+    crash), stop and return the indices in flight (the culprit is among them); else [].
+    Any other error (an OutputError) is raised once the videos in flight end (at most 2 per
+    worker, those the pool has handed out); no other video is started."""
     pending: dict[Future, int] = {}
 
     def drain(until_below: int) -> None:
@@ -376,6 +425,10 @@ def _run_pool(
         except BrokenProcessPool:
             executor.shutdown(wait=False, cancel_futures=True)
             return sorted(pending.values())
+        except BaseException:
+            # wait: once this raises, no worker is still writing a copy
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
     return []
 
 
@@ -407,7 +460,8 @@ def transcode_sources(
     """Copy each source (`transcode_one`) in `workers` processes, with a progress bar on
     stderr; the PSNR of `psnr_videos` of them (spread evenly) is measured. Returns the
     records in the order of `sources`. A process killed by a file (a decoder crash) is
-    retried with each file in flight alone, and the one that kills it is reported failed."""
+    retried with each file in flight alone, and the one that kills it is reported failed.
+    An OutputError (a copy cannot be written) is raised at once."""
     measured = set(sample_positions(len(sources), psnr_videos))
     tasks = [
         (source, str(copy_path(source, videos_dir)), settings, psnr_frames if i in measured else 0)
@@ -456,10 +510,16 @@ def run_shard(
     psnr_frames: int = 8,
 ) -> dict[str, Any]:
     """The `transcode` job of one shard: copy its rows, write <output> (JSON: the settings,
-    the shard, its wall seconds and core-seconds, one record per video). Returns it."""
+    the shard, its wall seconds and core-seconds, one record per video). Returns it.
+
+    The folders of the copies and of <output> are tried first (`check_writable`): one that
+    cannot be written raises OutputError before any video is encoded."""
     started = time.monotonic()
     sources = unique_sources(read_split_csv(train_csv), read_split_csv(val_csv))
     mine = shard_sources(sources, shard, shards)
+    for folder in (videos_dir, Path(output).parent):
+        with _writing(folder):
+            check_writable(folder)
     LOG.info(
         "shard %d of %d: %d of %d videos, %d workers, keyint %d crf %g preset %s",
         shard,
@@ -482,7 +542,7 @@ def run_shard(
     }
     counts = {s: sum(r["status"] == s for r in records) for s in ("transcoded", "reused", "failed")}
     LOG.info("shard %d: %s in %.1f s", shard, counts, result["seconds"])
-    with atomic_write(output, "w") as handle:
+    with _writing(output), atomic_write(output, "w") as handle:
         json.dump(result, handle, indent=1)
         handle.write("\n")
     return result
@@ -513,7 +573,10 @@ def gather(
     path replaced by its copy, the original kept where the copy failed) and report.json.
 
     Every video of the splits must be in exactly one shard record with the same settings,
-    else TranscodeError names the first one missing (the shards and the CSVs disagree)."""
+    else TranscodeError names the first one missing (the shards and the CSVs disagree); a
+    shard record that is missing, or lists a video failed by a read-only or full disk (as
+    the stage did before such errors failed the shard), raises TranscodeError naming it.
+    An output that cannot be written raises OutputError, before any is written."""
     shards = [_read_shard(path) for path in shard_files]
     settings = {json.dumps(s["settings"], sort_keys=True) for s in shards}
     if len(settings) > 1:
@@ -523,6 +586,13 @@ def gather(
         for record in data["records"]:
             if record["source"] in records:
                 raise TranscodeError(f"{path}: {record['source']} is in two shards")
+            reason = record.get("reason") or ""
+            if record["status"] == "failed" and any(e in reason for e in WRITE_ONLY_ERRORS):
+                raise TranscodeError(
+                    f"{path}: {record['source']} failed writing its copy ({reason}): the "
+                    "shard's outputs could not be written, not the video; make room or fix "
+                    "the folder and re-run the transcode rule"
+                )
             records[record["source"]] = record
     splits = {"train": read_split_csv(train_csv), "val": read_split_csv(val_csv)}
     for name, csv in (("train", train_csv), ("val", val_csv)):
@@ -533,12 +603,15 @@ def gather(
                     "another splits run? re-run the transcode rule)"
                 )
     out = Path(out_dir)
+    with _writing(out):
+        check_writable(out)
     for name, rows in splits.items():
-        write_split_csv(
-            out / f"{name}.csv", [(records[src]["copy"] or src, label) for src, label in rows]
-        )
+        with _writing(out / f"{name}.csv"):
+            write_split_csv(
+                out / f"{name}.csv", [(records[src]["copy"] or src, label) for src, label in rows]
+            )
     report = summarize(list(records.values()), shards)
-    with atomic_write(out / "report.json", "w") as handle:
+    with _writing(out / "report.json"), atomic_write(out / "report.json", "w") as handle:
         json.dump(report, handle, indent=2)
         handle.write("\n")
     LOG.info(
