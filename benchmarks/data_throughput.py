@@ -42,8 +42,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))  # the shared mp4 writer of the tests
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' mp4 writer and reference test view
 
+from reference import naive_test_view  # noqa: E402
 from videos import write_mp4  # noqa: E402
 
 from k400ft import splits, video  # noqa: E402
@@ -173,9 +174,7 @@ def main() -> None:
         t_b8 = timed(lambda i: test_uint8[i], index)
         t_d = timed(
             lambda i: [
-                video.naive_test_view(paths[i], DATA, s, c, 5, 3)
-                for s in range(5)
-                for c in range(3)
+                naive_test_view(paths[i], DATA, s, c, 5, 3) for s in range(5) for c in range(3)
             ],
             index,
         )
@@ -190,7 +189,7 @@ def main() -> None:
         )
         t_views = timed(test.views, taken)
         naive = torch.stack(
-            [video.naive_test_view(paths[0], DATA, s, c, 5, 3) for s in range(5) for c in range(3)]
+            [naive_test_view(paths[0], DATA, s, c, 5, 3) for s in range(5) for c in range(3)]
         )
         identical = torch.equal(test[0]["views"], naive)
 

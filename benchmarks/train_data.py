@@ -12,7 +12,7 @@ x264's default (what K400 copies have), 12 stands for the short-keyframe copy. T
              then per clip RandAugment in PIL on the full frames, /255 and normalise the
              full frames, random resized crop, flip, erase
   pil        our previous path: one sorted decode, then the same PIL augmentation per clip
-             (video.ClipAugment, the reference the tensor ops are tested against)
+             (reference.ClipAugment in tests/, the reference the tensor ops are tested against)
   workers    data.augment_on workers: sorted decode, draw, apply (RandAugment with timm's PIL
              ops, the rest with the torch code the device runs)
   params     data.augment_on device, the worker's part: sorted decode + draw only
@@ -39,8 +39,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))  # the reference PIL clip
 
 from data_throughput import DATA, make_videos  # noqa: E402
+from reference import ClipAugment  # noqa: E402
 
 from k400ft import augment, video  # noqa: E402
 
@@ -57,7 +59,7 @@ def decode(path: str, rng: np.random.Generator, sort: bool) -> np.ndarray:
     return reader.get_batch(list(indices)).asnumpy()
 
 
-def upstream_clip(pil: video.ClipAugment, frames: np.ndarray) -> torch.Tensor:
+def upstream_clip(pil: ClipAugment, frames: np.ndarray) -> torch.Tensor:
     """One clip in upstream's order: RandAugment (PIL), normalise full frames, crop, flip,
     erase (the draws are the reference path's: the same crop, flip and erasing)."""
     x = torch.from_numpy(pil.augment_colours(frames)).float() / 255.0
@@ -75,7 +77,7 @@ def upstream_clip(pil: video.ClipAugment, frames: np.ndarray) -> torch.Tensor:
 
 def measure(paths: list[str], epochs: int) -> dict[str, float]:
     """CPU seconds per clip of each path over the same (epoch, video) items."""
-    pil = video.ClipAugment(DATA)
+    pil = ClipAugment(DATA)
     sampler = augment.ClipSampler(DATA)
     augmenter = augment.ClipAugmenter(DATA)  # the workers' placement: PIL ops on the CPU
     torch_ops = augment.ClipAugmenter(DATA, pil_on_cpu=False)  # what a device runs

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import ClipAugment
 from test_finetune import DATA as FINETUNE_DATA
 from timm.data import auto_augment as AA
 from timm.data.random_erasing import RandomErasing
@@ -214,10 +215,10 @@ def test_erase_box_is_timms_random_erasing_box():
 
 
 def both_paths(frames: np.ndarray, data: dict, seed: int, pil_on_cpu: bool = False):
-    """The PIL path (video.ClipAugment) and ours (sampler + augmenter; the torch ops unless
+    """The PIL path (reference.ClipAugment) and ours (sampler + augmenter; the torch ops unless
     pil_on_cpu) on the same item seed."""
     with V.item_rngs(seed, 0, 0):
-        reference = V.ClipAugment(data)(frames)
+        reference = ClipAugment(data)(frames)
     with V.item_rngs(seed, 0, 0):
         params = A.ClipSampler(data).draw(*frames.shape[1:3])
     ours = A.ClipAugmenter(data, pil_on_cpu).clip(torch.from_numpy(frames), params)

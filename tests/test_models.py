@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from k400ft import layouts, models
+from k400ft.arch import ARCH_REQUIRED
 from k400ft.layouts import NEW_AT_FINETUNE, check_layout, read_state_dict, upstream_state_dict
 from k400ft.models import CATMAE_VITS16, VIDEOMAE_VITS16, build_model, load_pretrained, load_weights
 
@@ -447,7 +448,7 @@ def test_layer_id_and_no_weight_decay():
 
 
 def test_arch_defaults_and_errors():
-    model = build_model({k: TINY_3D[k] for k in models._ARCH_REQUIRED}, 3)
+    model = build_model({k: TINY_3D[k] for k in ARCH_REQUIRED}, 3)
     assert model.arch == {**TINY_3D, "head_init_scale": 1.0}
     with pytest.raises(ValueError, match="num_frames 15 is not divisible by tubelet_size 2"):
         build_model({**TINY_3D, "num_frames": 15}, 3)

@@ -238,7 +238,7 @@ def compared(differing=0, cannot_read=(0, 0), train=(80.0, 68.0), test=(200.0, 1
 def test_decoder_advice_follows_the_comparison():
     [same] = P.decoder_advice(compared(), "decord")
     assert "data.decoder: pyav gives the same frames on all 20" in same
-    assert "15% less CPU per train item and 30% per test item" in same
+    assert "15% less CPU per train item and 30% less per test item" in same
     assert P.decoder_advice(compared(), "pyav") == []
     assert P.decoder_advice(compared(train=(60.0, 70.0)), "decord") == []
     [differ] = P.decoder_advice(compared(differing=3), "decord")
@@ -246,3 +246,32 @@ def test_decoder_advice_follows_the_comparison():
     assert "/k/a.mp4" in differ
     [lost] = P.decoder_advice(compared(differing=1, cannot_read=(1, 3)), "pyav")
     assert "PyAV cannot read 2 sampled video(s)" in lost and "keep data.decoder: decord" in lost
+
+
+def test_decoder_advice_says_more_when_pyav_costs_more_per_test_item():
+    [advice] = P.decoder_advice(compared(train=(100.0, 72.0), test=(100.0, 148.0)), "decord")
+    assert "28% less CPU per train item and 48% more per test item" in advice
+    assert "-48%" not in advice
+
+
+@pytest.mark.parametrize(
+    ("gpus", "unit", "words"),
+    [
+        (1, "GPU", "1 GPU"),
+        (8, "GPU", "8 GPUs"),
+        (1, "CPU-process", "1 CPU process"),
+        (2, "CPU-process", "2 CPU processes"),
+    ],
+)
+def test_cost_md_counts_the_processes_in_words(gpus, unit, words):
+    launch = {"gpus": gpus, "unit": unit, "eval_gpus": 1, "epochs": 3, "train_videos": 16}
+    text = P.render_markdown(
+        {
+            "node": {"device": "cpu", "cpus": 4},
+            "sample": {"train_videos": 8, "test_videos": 3},
+            "launch": launch,
+            "models": {},
+        }
+    )
+    assert f"({words} for fine-tuning, 1 for evaluation, 3 epochs of 16 videos)" in text
+    assert "(s)" not in text

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from reference import ClipAugment, apply_same_draw, naive_test_view
 from torchvision.transforms import RandomResizedCrop
 from videos import frame_number, frame_pattern, write_mp4, write_pattern_mp4
 
@@ -187,21 +188,21 @@ class Extremes:
 def test_random_resized_crop_box_bounds_and_fallback():
     rng = random.Random(0)
     for _ in range(500):
-        top, left, h, w = V.random_resized_crop_box(48, 64, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+        top, left, h, w = A.random_resized_crop_box(48, 64, (0.08, 1.0), (3 / 4, 4 / 3), rng)
         assert 0 <= top <= 48 - h and 0 <= left <= 64 - w and h > 0 and w > 0
     # whole-frame area at the widest ratio never fits a 100 x 1000 frame: centred fallback
-    assert V.random_resized_crop_box(100, 1000, (0.08, 1.0), (3 / 4, 4 / 3), Extremes()) == (
+    assert A.random_resized_crop_box(100, 1000, (0.08, 1.0), (3 / 4, 4 / 3), Extremes()) == (
         0,
         433,
         100,
         133,
     )
-    assert V.random_resized_crop_box(1000, 100, (0.08, 1.0), (3 / 4, 4 / 3), Extremes())[2:] == (
+    assert A.random_resized_crop_box(1000, 100, (0.08, 1.0), (3 / 4, 4 / 3), Extremes())[2:] == (
         133,
         100,
     )
     # first try fits: area 1.0 * 48 * 64 at ratio 4/3 = the whole frame
-    assert V.random_resized_crop_box(48, 64, (0.08, 1.0), (3 / 4, 4 / 3), Extremes()) == (
+    assert A.random_resized_crop_box(48, 64, (0.08, 1.0), (3 / 4, 4 / 3), Extremes()) == (
         0,
         0,
         48,
@@ -214,7 +215,7 @@ def test_random_resized_crop_box_matches_torchvision_distribution():
     torch.manual_seed(1)
     ours = np.array(
         [
-            V.random_resized_crop_box(240, 320, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+            A.random_resized_crop_box(240, 320, (0.08, 1.0), (3 / 4, 4 / 3), rng)
             for _ in range(3000)
         ],
         dtype=float,
@@ -392,7 +393,7 @@ def test_test_views_equal_views_decoded_separately(clips, tmp_path, name):
     assert item["segment"].tolist() == [s for s in range(5) for _ in range(3)]
     assert item["crop"].tolist() == [0, 1, 2] * 5
     naive = torch.stack(
-        [V.naive_test_view(clips[name], DATA, s, c, 5, 3) for s in range(5) for c in range(3)]
+        [naive_test_view(clips[name], DATA, s, c, 5, 3) for s in range(5) for c in range(3)]
     )
     assert torch.equal(item["views"], naive)
 
@@ -429,13 +430,13 @@ def test_broken_test_video_is_reported_not_raised(clips, tmp_path):
 
 # ---------------------------------------------------------------------------- augmentation
 def test_rand_augment_same_draw_for_every_frame():
-    augment = V.ClipAugment(DATA)
+    augment = ClipAugment(DATA)
     frames = frame_pattern(6, 40, 56, seed=4)
     images = [Image.fromarray(f) for f in frames]
     for seed in range(6):
         random.seed(seed)
         np.random.seed(seed)
-        clip = V.apply_same_draw(augment.rand_augment, images)
+        clip = apply_same_draw(augment.rand_augment, images)
         after = random.random(), np.random.random()
         for frame, out in zip(images, clip, strict=False):
             random.seed(seed)
@@ -453,7 +454,7 @@ def test_rand_augment_same_draw_for_every_frame():
 def test_random_erasing_one_box_same_in_every_frame():
     data = copy.deepcopy(DATA)
     data["augment"].update(reprob=1.0, rand_augment="rand-m0-n0")
-    augment = V.ClipAugment(data)
+    augment = ClipAugment(data)
     flat = np.full((8, 40, 56, 3), 128, dtype=np.uint8)
     torch.manual_seed(0)
     random.seed(3)

@@ -11,7 +11,7 @@ worker about 0.34 s per clip, so a GPU waits for data. Here the work is split in
   timm's own RandAugment decides which ops fire and with which arguments (its ops' pixel
   functions are swapped for recorders, so the op set, p 0.5, magnitude N(7, 0.5) clipped to
   [0, 10], the level -> argument maps and the random signs are timm's code, not a copy), then
-  the crop box (`video.random_resized_crop_box`), the flip (numpy), the erasing box (timm's
+  the crop box (`random_resized_crop_box`), the flip (numpy), the erasing box (timm's
   `RandomErasing` semantics, `erase_box`) and a seed for the erasing noise (torch). The Python
   and numpy draws are exactly today's upstream-faithful ones, clip for clip.
 - `ClipAugmenter` (in the workers, `data.augment_on: workers`, or on the training device after
@@ -31,7 +31,9 @@ a = -1 bicubic kernel, clamped neighbours, fill outside, truncation to uint8) co
 arithmetic in float32 where Pillow uses double, so a value on an integer boundary can come out
 one level lower or higher (measured: at most 1 level, in well under 1% of the pixels). The
 erasing noise is the same N(0, 1), from the per-clip generator instead of the worker's global
-torch stream; everything else a clip's pixels depend on is drawn exactly as before.
+torch stream; everything else a clip's pixels depend on is drawn exactly as before. Whole
+clips are tested against upstream's PIL path, `ClipAugment` in tests/reference.py (a reference,
+not library code).
 """
 
 from __future__ import annotations

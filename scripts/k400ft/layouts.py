@@ -18,6 +18,9 @@ that `k400ft.models` is the nets and its loaders only map, load and report:
 
 Decoder, mask token, `encoder_to_decoder` and the pretrained final norm are the keys a
 fine-tune ignores; `fc_norm` and `head` (`NEW_AT_FINETUNE`) are what it initialises anew.
+
+This module does not import `k400ft.models` (which imports it): a filter reads the model
+through `FilterTarget`, and the writers take the `arch` defaults from `k400ft.arch`.
 """
 
 from __future__ import annotations
@@ -31,20 +34,20 @@ import re
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from timm.layers import resample_abs_pos_embed
-from torch import Tensor
+from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from k400ft.models import VideoViT
+from k400ft.arch import resolve_arch
 
 __all__ = [
     "LAYOUT_FORMATS",
     "NEW_AT_FINETUNE",
     "PRETRAIN_FILTERS",
     "PRETRAIN_FORMATS",
+    "FilterTarget",
     "Mapped",
     "catmae_pretrain_filter",
     "check_layout",
@@ -295,6 +298,15 @@ def summarise_keys(keys) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+class FilterTarget(Protocol):
+    """What a filter reads of the model it maps onto (`models.VideoViT` is one): its resolved
+    `arch` dict, its token grid (Tp, Hp, Wp) and its stem (`patch_embed.proj`, the Conv3d)."""
+
+    arch: Mapping[str, Any]
+    grid: tuple[int, int, int]
+    patch_embed: nn.Module
+
+
 class Mapped(NamedTuple):
     """A filter's result: the tensors to load (our key names), the checkpoint keys it left
     out (their original names) and one note per change it made."""
@@ -312,7 +324,7 @@ def _drop_new_at_finetune(encoder: dict[str, Tensor], ignored: list[str]) -> Non
             ignored.append(key)
 
 
-def catmae_pretrain_filter(state_dict: Mapping[str, Tensor], model: VideoViT) -> Mapped:
+def catmae_pretrain_filter(state_dict: Mapping[str, Tensor], model: FilterTarget) -> Mapped:
     """CatMAE image encoder -> the "2d" video model (upstream fine-tune loader); pure.
 
     Stem: the Conv2d kernel [D, 3, p, p] is inflated to Conv3d [D, 3, t, p, p] as
@@ -374,7 +386,7 @@ def catmae_pretrain_filter(state_dict: Mapping[str, Tensor], model: VideoViT) ->
     return Mapped(encoder, ignored, notes)
 
 
-def videomae_pretrain_filter(state_dict: Mapping[str, Tensor], model: VideoViT) -> Mapped:
+def videomae_pretrain_filter(state_dict: Mapping[str, Tensor], model: FilterTarget) -> Mapped:
     """VideoMAE pretrain encoder -> the "3d" video model; pure.
 
     The `encoder.` prefix is stripped; decoder, `encoder_to_decoder`, mask token and the final
@@ -402,7 +414,7 @@ def videomae_pretrain_filter(state_dict: Mapping[str, Tensor], model: VideoViT) 
 
 
 #: The filter of each pretrained format: (unwrapped state dict, model) -> `Mapped`.
-PRETRAIN_FILTERS: dict[str, Callable[[Mapping[str, Tensor], VideoViT], Mapped]] = {
+PRETRAIN_FILTERS: dict[str, Callable[[Mapping[str, Tensor], FilterTarget], Mapped]] = {
     "catmae_pretrain": catmae_pretrain_filter,
     "videomae_pretrain": videomae_pretrain_filter,
 }
@@ -519,8 +531,6 @@ def upstream_state_dict(
     keys, fc_norm and a `num_classes` head. Every tensor gets distinct random values (norm
     weights near 1), so a misplaced tensor is detectable; the decoder has one block only.
     """
-    from k400ft.models import resolve_arch  # here: k400ft.models imports this module
-
     arch = resolve_arch(arch)
     dim, depth, patch = arch["embed_dim"], arch["depth"], arch["patch_size"]
     tubelet, hidden = arch["tubelet_size"], int(arch["embed_dim"] * arch["mlp_ratio"])

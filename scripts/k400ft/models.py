@@ -29,7 +29,7 @@ missing, unexpected or mis-shaped encoder tensor (upstream prints and continues)
 File layout (timm style): blocks, the model, the builder, then the loaders. What the upstream
 checkpoints hold (their keys, the CatMAE stem inflation, the checks, one filter per layout, the
 writers of synthetic upstream checkpoints) is `k400ft.layouts`; a loader maps the layout with
-it, loads and reports.
+it, loads and reports. The `arch` dict's defaults and checks are `k400ft.arch`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
+from k400ft.arch import resolve_arch
 from k400ft.layouts import (
     NEW_AT_FINETUNE,
     PRETRAIN_FILTERS,
@@ -56,7 +57,6 @@ from k400ft.layouts import (
 )
 
 __all__ = [
-    "ARCH_DEFAULTS",
     "CATMAE_VITS16",
     "VIDEOMAE_VITS16",
     "LoadReport",
@@ -64,19 +64,8 @@ __all__ = [
     "build_model",
     "load_pretrained",
     "load_weights",
-    "resolve_arch",
     "sinusoid_1d_table",
 ]
-
-#: Schema defaults of the optional `arch` keys (schemas/config.schema.yaml, `$defs/arch`).
-ARCH_DEFAULTS: dict = {
-    "patch_size": 16,
-    "tubelet_size": 2,
-    "mlp_ratio": 4.0,
-    "drop_path": 0.1,
-    "head_init_scale": 1.0,
-}
-_ARCH_REQUIRED = ("patchify", "img_size", "num_frames", "embed_dim", "depth", "num_heads")
 
 #: CatMAE ViT-S/16 as fine-tuned upstream: dim 384, depth 12, heads 6, 16 x 224 x 224 clips,
 #: tubelet 2, drop path 0.1, head trunc_normal(0.02) unscaled.
@@ -370,31 +359,6 @@ class VideoViT(nn.Module):
         if match:
             return int(match.group(1)) + 1
         return self.num_layers - 1
-
-
-def resolve_arch(arch: Mapping) -> dict:
-    """The config `arch` dict with schema defaults filled in, checked for a buildable shape."""
-    unknown = set(arch) - set(_ARCH_REQUIRED) - set(ARCH_DEFAULTS)
-    missing = [key for key in _ARCH_REQUIRED if key not in arch]
-    if unknown or missing:
-        raise ValueError(f"arch: unknown keys {sorted(unknown)}, missing keys {missing}")
-    out = {**ARCH_DEFAULTS, **arch}
-    if out["patchify"] not in ("2d", "3d"):
-        raise ValueError(f"arch.patchify must be '2d' or '3d', got {out['patchify']!r}")
-    if out["img_size"] % out["patch_size"]:
-        raise ValueError(
-            f"arch.img_size {out['img_size']} is not divisible by patch_size {out['patch_size']}"
-        )
-    if out["num_frames"] % out["tubelet_size"]:
-        raise ValueError(
-            f"arch.num_frames {out['num_frames']} is not divisible by tubelet_size "
-            f"{out['tubelet_size']}"
-        )
-    if out["embed_dim"] % out["num_heads"]:
-        raise ValueError(
-            f"arch.embed_dim {out['embed_dim']} is not divisible by num_heads {out['num_heads']}"
-        )
-    return out
 
 
 def build_model(arch: Mapping, num_classes: int) -> VideoViT:

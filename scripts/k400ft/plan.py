@@ -616,10 +616,15 @@ def decoder_advice(compared: dict[str, Any], configured: str) -> list[str]:
     if configured == "decord" and saving.get("train", 0) > 0:
         return [
             f"data.decoder: pyav gives the same frames on all {items} sampled items with "
-            f"{100 * saving['train']:.0f}% less CPU per train item"
-            + (f" and {100 * saving['test']:.0f}% per test item" if "test" in saving else "")
+            f"{_less_or_more(saving['train'])} CPU per train item"
+            + (f" and {_less_or_more(saving['test'])} per test item" if "test" in saving else "")
         ]
     return []
+
+
+def _less_or_more(saving: float) -> str:
+    """A relative saving in words: 0.28 -> '28% less', -0.48 -> '48% more'."""
+    return f"{100 * abs(saving):.0f}% {'less' if saving >= 0 else 'more'}"
 
 
 def process_age() -> float:
@@ -687,7 +692,7 @@ def render_markdown(plan: dict) -> str:
         f"Measured on {plan['node']['device']} ({plan['node']['cpus']} CPU cores), "
         f"{plan['sample']['train_videos']} train and {plan['sample']['test_videos']} test videos "
         "of your splits; projections for the configured launch "
-        f"({plan['launch']['gpus']} {plan['launch']['unit']}(s) for fine-tuning, "
+        f"({_counted(plan['launch']['gpus'], plan['launch']['unit'])} for fine-tuning, "
         f"{plan['launch']['eval_gpus']} for evaluation, {plan['launch']['epochs']} epochs of "
         f"{plan['launch']['train_videos']} videos).",
         "",
@@ -748,6 +753,14 @@ def render_markdown(plan: dict) -> str:
         lines.append(f"- decoder: {advice}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _counted(count: int, unit: str) -> str:
+    """'1 GPU', '8 GPUs', '1 CPU process', '2 CPU processes' (`unit` as cost.json names it)."""
+    noun = unit.replace("-", " ")
+    if count != 1:
+        noun += "es" if noun.endswith("s") else "s"
+    return f"{count} {noun}"
 
 
 def _hours(hours: float) -> str:
