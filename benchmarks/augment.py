@@ -13,7 +13,8 @@ crop, flip, erasing p 0.25) from seeded item RNGs, it measures, median of `--rep
 - the batched path on the batch padded to its largest frame (what the engine does) against
   one call per group of equal-sized videos (no padding);
 - aten ops dispatched per batch by each (TorchDispatchMode), for every `--videos` value.
-On CUDA each figure is waited for (torch.cuda.synchronize) and the first call is a warm-up.
+The first call is a warm-up. On CUDA each call is waited for (wall time); on the CPU the figure
+is this process's CPU time, with OMP_NUM_THREADS=1 one core's.
 """
 
 from __future__ import annotations
@@ -63,17 +64,20 @@ def make_batch(data_cfg: dict, videos: int, frames: int, sizes: list[tuple[int, 
 
 
 def timed(function, device: torch.device, repeats: int) -> float:
-    """Median seconds of function() over `repeats` calls after one warm-up, each waited for."""
+    """Median seconds of function() over `repeats` calls after one warm-up: on CUDA wall time,
+    each call waited for; on the CPU this process's CPU time (one thread: other work on a
+    shared machine does not count)."""
     function()
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     seconds = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         function()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(clock() - start)
     return statistics.median(seconds)
 
 
