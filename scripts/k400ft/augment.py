@@ -14,14 +14,18 @@ worker about 0.34 s per clip, so a GPU waits for data. Here the work is split in
   the crop box (`random_resized_crop_box`), the flip (numpy), the erasing box (timm's
   `RandomErasing` semantics, `erase_box`) and a seed for the erasing noise (torch). The Python
   and numpy draws are exactly today's upstream-faithful ones, clip for clip.
-- `ClipAugmenter` (in the workers, `data.augment_on: workers`, or on the training device after
-  the host-to-device copy, `device`): applies those parameters in upstream's order on the
-  full-size frames: RandAugment, the crop resized bilinearly, the flip, normalisation, the
-  erasing box filled with noise from a generator seeded by the clip's noise seed. On a GPU,
-  RandAugment's ops are the torch tensor ops below (each op on all frames of the clip at once;
-  AutoContrast and Equalize per frame and channel, as PIL does per image); on the CPU they are
-  timm's own PIL ops, called with the drawn arguments: upstream's pixels exactly, and several
-  times faster there than the torch ops (benchmarks/train_data.py).
+- `ClipAugmenter` applies those parameters in upstream's order on the full-size frames:
+  RandAugment, the crop resized bilinearly, the flip, normalisation, the erasing box filled
+  with counter-based noise of the clip's noise seed (`erase_noise`). `clip` makes one clip (in
+  the workers, `data.augment_on: workers`), RandAugment's ops there being timm's own PIL ops
+  called with the drawn arguments: upstream's pixels exactly, and several times faster on a
+  CPU than the torch ops (benchmarks/train_data.py). `batch` makes a whole batch on the
+  training device after the host-to-device copy (`device`), with the torch tensor ops below on
+  frames padded to the batch's largest: per RandAugment layer each op (group) runs once on the
+  clips that drew it, with per-clip arguments as tensors (one lookup table per clip for the
+  pixel-wise ops, per-clip factors, per-clip affine matrices in one gather), then one gather
+  crops, resizes and flips every clip, so the number of kernels does not grow with the batch
+  (benchmarks/augment.py). Its clips are bit-identical to `clip` with the torch ops.
 
 How close the torch ops are to PIL's (tests/test_augment.py measures each on the same frames
 and arguments): Invert, Posterize, Solarize, SolarizeAdd, AutoContrast, Equalize, the three
@@ -30,8 +34,9 @@ arithmetic exactly; the five geometric ops (Pillow's affine transform: pixel cen
 a = -1 bicubic kernel, clamped neighbours, fill outside, truncation to uint8) compute the pixel
 arithmetic in float32 where Pillow uses double, so a value on an integer boundary can come out
 one level lower or higher (measured: at most 1 level, in well under 1% of the pixels). The
-erasing noise is the same N(0, 1), from the per-clip generator instead of the worker's global
-torch stream; everything else a clip's pixels depend on is drawn exactly as before. Whole
+erasing noise is the same N(0, 1), a hash of the clip's noise seed and the pixel instead of the
+worker's global torch stream; everything else a clip's pixels depend on is drawn as upstream
+draws it. Whole
 clips are tested against upstream's PIL path, `ClipAugment` in tests/reference.py (a reference,
 not library code).
 """
