@@ -6,9 +6,9 @@ annotation CSVs `label,youtube_id,time_start,time_end,split,is_cc` (split `train
 labels with spaces quoted, rows sorted by label) and H.264 mp4 files named
 `{youtube_id}_{time_start:06d}_{time_end:06d}.mp4` in one folder per split, with 11-character
 YouTube-like ids, 25 fps, yuv420p and x264's default keyframe interval (250), as the
-Kinetics download scripts produce. Like every real copy, a few entries are broken: a zero-byte
-file, a truncated download, an HTML error page saved as .mp4 and a listed clip whose file is
-missing.
+Kinetics download scripts produce (and x264's other defaults, but for mbtree: X264_PARAMS).
+Like every real copy, a few entries are broken: a zero-byte file, a truncated download, an
+HTML error page saved as .mp4 and a listed clip whose file is missing.
 
 Classes: a pair of coloured squares (red or blue, side about 1/5 of the short side) on a plain
 grey background, either standing still, blinking, moving slowly or moving fast: 2 x 4 = 8
@@ -59,6 +59,12 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 GOP = 250  # x264's default keyint, which the Kinetics download scripts (ffmpeg -c:v libx264) use
+# x264's macroblock-tree ratecontrol off. With it on (libx264 core 165 as PyAV 18.1 ships it, one
+# thread, AVX-512 CPU), x264 read heap memory it had not written: encoding the same frames again
+# in one process gave other bytes (65 of 2,460 encodes of the demo's clips, 12 each), so did
+# glibc's MALLOC_PERTURB_ (88 of 205 clips), and two clean demo runs wrote other files for a third
+# of the clips. Neither happened with mbtree off, nor with x264's asm limited to AVX2.
+X264_PARAMS = "mbtree=0"
 CLIP_SECONDS = 10  # every Kinetics-400 clip is a 10 s window: time_end = time_start + 10
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split", "is_cc")
 SPLITS = ("train", "val")  # also the `split` column's values in the official lists
@@ -229,10 +235,11 @@ def render_scene(scene: Scene, height: int, width: int, times: Sequence[int]) ->
 
 
 def encode_h264(frames: np.ndarray) -> bytes:
-    """An mp4 (H.264, yuv420p, 25 fps, keyint 250, single-threaded: byte-reproducible) of frames."""
+    """An mp4 (H.264, yuv420p, 25 fps, keyint 250, one thread, mbtree off) of frames: the same
+    bytes on every call (X264_PARAMS)."""
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=FPS)
+        stream = container.add_stream("libx264", rate=FPS, options={"x264-params": X264_PARAMS})
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = GOP
