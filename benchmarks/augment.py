@@ -10,8 +10,8 @@ crop, flip, erasing p 0.25) from seeded item RNGs, it measures, median of `--rep
 - ms per clip of `ClipAugmenter.clip` per clip with the torch ops (the per-clip path as it was
   before the batched one) and of `ClipAugmenter.batch` on the whole batch, frames already on
   the device (the loader's copy is not part of it);
-- the batched path on the batch padded to its largest frame (what the engine does) against
-  one call per group of equal-sized videos (no padding);
+- the batched path on the batch padded to its largest frame (what the engine does on a GPU)
+  against one call per frame size (`by_size`, what it does on a CPU: no padding);
 - aten ops dispatched per batch by each (TorchDispatchMode), for every `--videos` value.
 The first call is a warm-up. On CUDA each call is waited for (wall time); on the CPU the figure
 is this process's CPU time, with OMP_NUM_THREADS=1 one core's.
@@ -89,19 +89,16 @@ def count(function) -> int:
 
 def ways(augmenter, frames, padded, video_sizes, params) -> dict:
     """The three ways of making one batch's clips, as callables."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for number, size in enumerate(video_sizes.tolist()):
-        groups.setdefault(tuple(size), []).append(number)
+    groups = {tuple(size) for size in video_sizes.tolist()}
 
     def per_clip():
         return [augmenter.clip(f, p) for f, ps in zip(frames, params, strict=True) for p in ps]
 
     def batched():
-        return augmenter.batch(padded, params, video_sizes)
+        return augmenter.batch(padded, params, video_sizes, by_size=False)
 
     def grouped():  # one call per size: no padding, a call per distinct size
-        for members in groups.values():
-            augmenter.batch([frames[i] for i in members], [params[i] for i in members])
+        return augmenter.batch(padded, params, video_sizes, by_size=True)
 
     return {
         "per clip": per_clip,

@@ -311,8 +311,9 @@ def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
     return videos_frames, params
 
 
+@pytest.mark.parametrize("by_size", [False, True], ids=["padded", "by size"])
 @pytest.mark.parametrize("erase", [False, True], ids=["erase off", "erase on"])
-def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase):
+def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase, by_size):
     """Mixed frame sizes (padded to the largest), every one of the 15 ops in every layer:
     the batch equals each clip made alone by the per-clip torch ops, bit for bit (the same
     arithmetic: ops on padded frames see each clip's own pixels; the crop + resize is
@@ -320,13 +321,13 @@ def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase):
     augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
     frames, params = every_op_batch(5, erase)
     assert {op for ps in params for p in ps for op, _ in p.ops} == set(PIL_OPS)
-    clips = augmenter.batch(frames, params)
+    clips = augmenter.batch(frames, params, by_size=by_size)
     pairs = zip(frames, params, strict=True)
     alone = torch.stack([augmenter.clip(f, p) for f, ps in pairs for p in ps])
     assert clips.shape == (10, 3, 3, 32, 32) and clips.is_contiguous()
     assert torch.equal(clips, alone)
     padded, sizes = A.pad_frames(frames)  # as the loader's collate delivers them
-    assert torch.equal(augmenter.batch(padded, params, sizes), clips)
+    assert torch.equal(augmenter.batch(padded, params, sizes, by_size=by_size), clips)
 
 
 def test_pad_frames_keeps_each_videos_pixels_and_size():
@@ -364,7 +365,7 @@ def test_a_batch_reads_nothing_back_from_the_device():
     frames, params = every_op_batch(5, erase=True, frames=2)
     padded, sizes = A.pad_frames(frames)
     with CountOps() as counter:
-        augmenter.batch(padded, params, sizes)
+        augmenter.batch(padded, params, sizes, by_size=False)  # as on a GPU
     names = {name for name, _ in counter.calls}
     assert not names & SYNCING, names & SYNCING
     repeats = [kwargs for name, kwargs in counter.calls if name == "repeat_interleave"]
@@ -374,14 +375,14 @@ def test_a_batch_reads_nothing_back_from_the_device():
 def test_a_batch_dispatches_as_many_ops_for_96_clips_as_for_24():
     """The batch's work is a fixed number of operations, whatever the number of clips: each op
     (group) of each layer once, one crop-resize gather, one normalisation, one erasing scatter.
-    (The per-clip path dispatches ~4x more for 4x the clips.)"""
+    (The per-clip path dispatches ~4x more for 4x the clips.) The padded batch, as on a GPU."""
     augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
     counts = {}
     for clips in (24, 96):
         frames, params = every_op_batch(clips // 2, erase=True, frames=2)
         padded, sizes = A.pad_frames(frames)  # done by the loader's collate, in the workers
         with CountOps() as counter:
-            augmenter.batch(padded, params, sizes)
+            augmenter.batch(padded, params, sizes, by_size=False)
         counts[clips] = counter.count
     assert counts[96] <= 1.1 * counts[24], counts
     frames, params = every_op_batch(2, erase=True, frames=2)

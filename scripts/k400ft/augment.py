@@ -675,6 +675,7 @@ class ClipAugmenter:
         frames: torch.Tensor | Sequence[torch.Tensor],
         params: Sequence[Sequence[ClipParams]],
         sizes: torch.Tensor | None = None,
+        by_size: bool | None = None,
     ) -> torch.Tensor:
         """Videos' frames and each video's clips' parameters -> clips [sum of clips, 3, T, S, S],
         the clips of one video adjacent (as `video.train_collate`). frames: [V, T, H, W, 3]
@@ -684,7 +685,11 @@ class ClipAugmenter:
         The same pixels as `clip` with the torch ops, clip for clip, by the same arithmetic on
         the whole batch: per RandAugment layer each op group runs once on the clips that drew
         it; then one bilinear gather crops, resizes and flips every clip; one normalisation;
-        one scatter of every erased box's noise. Host values reach the device in three copies."""
+        one scatter of every erased box's noise. Host values reach the device in three copies.
+
+        by_size (default: on a CPU): one such call per frame size instead of one on the padded
+        frames: the same clips; on a CPU no kernel launch is saved by padding, which only adds
+        pixels (benchmarks/augment.py); on a GPU the number of kernels stays fixed."""
         if not torch.is_tensor(frames):
             frames, sizes = pad_frames(frames)
         height, width = frames.shape[2:4]
@@ -693,6 +698,8 @@ class ClipAugmenter:
         video_sizes = sizes.tolist() if sizes is not None else [[height, width]] * len(params)
         clip_sizes = [video_sizes[v] for v in source]
         padded = any(size != [height, width] for size in clip_sizes)
+        if padded and (frames.device.type == "cpu" if by_size is None else by_size):
+            return self._by_size(frames, params, video_sizes, source)
         groups = plan_layers(clips, clip_sizes)
         erased = [(i, p.erase, p.noise_seed) for i, p in enumerate(clips) if p.erase is not None]
         ints = {
@@ -733,6 +740,20 @@ class ClipAugmenter:
             total = sum(x.shape[1] * x.shape[2] * e[1][2] * e[1][3] for e in erased)
             self.erase(x, ints["erased"], ints["erase_boxes"], ints["seeds"], total)
         return x
+
+    def _by_size(self, frames, params, video_sizes: list, source: list[int]) -> torch.Tensor:
+        """`batch` once per frame size, on the videos of that size cut out of the padding."""
+        out = None
+        for size in sorted({tuple(s) for s in video_sizes}):
+            videos = [v for v, s in enumerate(video_sizes) if tuple(s) == size]
+            part = self.batch(
+                frames[videos][:, :, : size[0], : size[1]], [params[v] for v in videos]
+            )
+            if out is None:
+                out = part.new_empty((len(source), *part.shape[1:]))
+            where = [i for i, v in enumerate(source) if v in videos]
+            out.index_copy_(0, torch.tensor(where, device=out.device), part)
+        return out
 
     def crop_resize_flip(self, x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor):
         """[n, T, 3, H, W] uint8 and each clip's crop box (top, left, h, w) and flip -> the
