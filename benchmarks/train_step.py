@@ -33,7 +33,7 @@ Measured and printed:
 - "model alone" runs on clips already on the device (no copy), and on CUDA without
   --compile the compiled model alone too;
 - forward-only clips/s (the per-epoch single-view validation);
-- the projection of the full run (k400ft.finetune.project_cost): optimiser steps of the
+- the projection of the full run (k400ft.schedule.project_cost): optimiser steps of the
   config's global batch over `--train-videos` for `recipe.epochs`, each taking accumulation x
   the measured micro-step (the loader-fed one when measured), on the configured GPU count,
   assuming data-parallel scaling without loss (NCCL all-reduce of 22M parameters once per

@@ -11,7 +11,7 @@ import pytest
 from test_finetune import DATA, NUM_CLASSES, RECIPE, TINY_ARCH, tiny
 
 from k400ft import plan as P
-from k400ft.finetune import SpecError
+from k400ft.schedule import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 

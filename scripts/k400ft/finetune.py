@@ -1,13 +1,14 @@
 """The fine-tuning engine: upstream's recipe (REFERENCE.md §2), data parallel, preemption-safe.
 
-Recipe (every number from the spec, i.e. config.yaml): AdamW (betas, eps) with weight decay on
-matrices only (no decay on 1-D parameters, biases, `pos_embed`, `cls_token`); layer-wise lr
-decay (scale = layer_decay^(num_layers - 1 - layer_id), 0.75^(13 - id) for ViT-S); lr and
-min_lr scaled by global_batch / 256; a per-step schedule of linear warmup from 0 then cosine to
-min_lr (upstream's `cosine_scheduler`, reproduced value for value); Mixup / CutMix with label
-smoothing and soft-target cross entropy (timm); repeated augmentation (each video gives
-`num_sample` clips, all in the batch); bf16 autocast on GPUs that have it, fp16 + GradScaler on
-those that do not, fp32 on CPU; no gradient clipping, no EMA; seed + rank.
+Recipe (every number from the spec, i.e. config.yaml; the numbers in k400ft.schedule, the parts
+in k400ft.components): AdamW (betas, eps) with weight decay on matrices only (no decay on 1-D
+parameters, biases, `pos_embed`, `cls_token`); layer-wise lr decay (scale =
+layer_decay^(num_layers - 1 - layer_id), 0.75^(13 - id) for ViT-S); lr and min_lr scaled by
+global_batch / 256; a per-step schedule of linear warmup from 0 then cosine to min_lr
+(upstream's `cosine_scheduler`, reproduced value for value); Mixup / CutMix with label smoothing
+and soft-target cross entropy (timm); repeated augmentation (each video gives `num_sample`
+clips, all in the batch); bf16 autocast on GPUs that have it, fp16 + GradScaler on those that do
+not, fp32 on CPU; no gradient clipping, no EMA; seed + rank.
 
 The global batch (videos per optimiser step) is a config number kept whatever the process count:
 accumulation = global_batch / (batch_per_gpu x world_size) micro-steps, gradients all-reduced on
@@ -24,15 +25,15 @@ is reported loudly and `prev` is used. A start finds the state and resumes by it
 written for a different spec or different inputs is moved aside (loudly), never resumed.
 
 Bit-identical resume (same world size): the data order and every random draw are functions of
-(seed, rank, epoch, step). The sampler's permutation is DistributedSampler's (seed + epoch); a
-resumed epoch skips the index positions already trained on (no decoding of skipped videos);
-augmentation draws are a function of (seed, epoch, video index) (`video.item_rngs`), whatever
-worker runs them; the loaders own their generators, so starting them never draws from the main
-process's random streams; those streams (Mixup's numpy draws, drop path's torch draws) are saved
-per rank at the step boundary and restored. The epoch's running train loss is saved per rank
-too, and the log is cut back to its length at the save, so the log of a resumed run equals the
-uninterrupted one. A kill between two saves costs the steps since the last save (at most
-checkpoint_minutes, or one epoch).
+(seed, rank, epoch, step) (k400ft.samplers). The sampler's permutation is DistributedSampler's
+(seed + epoch); a resumed epoch skips the index positions already trained on (no decoding of
+skipped videos); augmentation draws are a function of (seed, epoch, video index)
+(`video.item_rngs`), whatever worker runs them; the loaders own their generators, so starting
+them never draws from the main process's random streams; those streams (Mixup's numpy draws,
+drop path's torch draws) are saved per rank at the step boundary and restored. The epoch's
+running train loss is saved per rank too, and the log is cut back to its length at the save, so
+the log of a resumed run equals the uninterrupted one. A kill between two saves costs the steps
+since the last save (at most checkpoint_minutes, or one epoch).
 
 Failures and ownership: any exception ends the run at once: `run()` shuts the loaders' workers
 down on every way out (`video.close_loaders`), so the process exits with the error last in its
@@ -66,14 +67,12 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import random
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -81,17 +80,24 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import param_groups_layer_decay
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
-from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from k400ft import augment, distributed, feed, models, provenance, state, video
+from k400ft import (
+    augment,
+    components,
+    distributed,
+    feed,
+    models,
+    provenance,
+    samplers,
+    schedule,
+    state,
+    video,
+)
 from k400ft.io import atomic_write
+from k400ft.schedule import SpecError
 
 log = logging.getLogger("k400ft.finetune")
 
@@ -106,326 +112,13 @@ EXIT_MEANINGS = {
     EXIT_LOCKED: "the state dir is in use by another trainer",
     EXIT_INTERRUPTED: "interrupted",
 }
-LR_REFERENCE_BATCH = 256  # lr = base_lr x global_batch / 256 (upstream's linear scaling rule)
-LOG_LINES_PER_EPOCH = 100  # step lines are means over steps_per_epoch // 100 steps (at least 1)
 PROJECT_AFTER_STEPS = 20  # log the cost projection after this many steps (or the first epoch)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 OUTPUTS = ("final.pt", "train_log.jsonl", "spec.json")  # the out dir's files, written as a set
 
 
-class SpecError(ValueError):
-    """The spec's numbers cannot run as asked (the message says which to change)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Pure functions: the numbers that must be exactly right
-
-
-def scaled_lr(base_lr: float, global_batch: int) -> float:
-    """Upstream's linear scaling rule: lr = base_lr x global_batch / 256 (min_lr likewise)."""
-    return base_lr * global_batch / LR_REFERENCE_BATCH
-
-
-def accumulation_steps(global_batch: int, batch_per_gpu: int, world_size: int) -> int:
-    """Micro-steps per optimiser step so that batch_per_gpu x world_size x steps = global_batch.
-
-    Raises SpecError (a ValueError) naming the numbers to change when global_batch does not
-    split exactly."""
-    per_pass = batch_per_gpu * world_size
-    if global_batch % per_pass == 0:
-        return global_batch // per_pass
-    hint = (
-        f"set finetune.batch_per_gpu to a divisor of {global_batch // world_size} "
-        f"(global_batch / processes: {_divisors(global_batch // world_size)})"
-        if global_batch % world_size == 0
-        else f"run a number of processes that divides the global batch ({_divisors(global_batch)})"
-    )
-    raise SpecError(
-        f"finetune.global_batch {global_batch} is not a multiple of finetune.batch_per_gpu "
-        f"{batch_per_gpu} x {world_size} processes = {per_pass}, so gradient accumulation cannot "
-        f"keep it: {hint}, or change finetune.global_batch (and base_lr with it)"
-    )
-
-
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
-def lr_at_step(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Learning rate of optimiser step `step` (0-based), upstream's `cosine_scheduler` exactly.
-
-    Upstream builds `np.linspace(0, lr, warmup_steps)` (endpoint included: step 0 has lr 0,
-    step warmup_steps - 1 has lr) followed by `min_lr + (lr - min_lr) / 2 x (1 + cos(pi i / n))`
-    for i = 0 .. n - 1, n = total_steps - warmup_steps; it is indexed per optimiser step.
-    """
-    if not 0 <= step < total_steps:
-        raise ValueError(f"step {step} outside the schedule [0, {total_steps})")
-    if step < warmup_steps:
-        return _warmup(lr, warmup_steps)[step]
-    i, n = step - warmup_steps, total_steps - warmup_steps
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * i / n))
-
-
-@functools.lru_cache(maxsize=4)
-def _warmup(lr: float, warmup_steps: int) -> tuple[float, ...]:
-    return tuple(np.linspace(0.0, lr, warmup_steps).tolist())
-
-
-def param_groups(model: models.VideoViT, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW parameter groups with layer-wise lr decay (upstream's `get_parameter_groups`),
-    built by timm's `param_groups_layer_decay` from the model's `group_matcher`.
-
-    A parameter gets no weight decay when it is 1-D, its name ends in `.bias`, or its name is
-    in `model.no_weight_decay()` (pos_embed, cls_token); its lr scale is
-    layer_decay^(num_layers - 1 - layer id) (ViT-S: num_layers 14, scale 0.75^(13 - id),
-    id 0 = cls_token/pos_embed/patch_embed, i + 1 = blocks.i, 13 = fc_norm/head). Frozen
-    parameters are left out. One group per (layer, decay) pair, in the order parameters first
-    appear, each with `params`, `weight_decay` and `lr_scale` (lr = lr x lr_scale every step).
-    """
-    return param_groups_layer_decay(
-        model,
-        weight_decay=weight_decay,
-        no_weight_decay_list=(*sorted(model.no_weight_decay()), "*.bias"),
-        layer_decay=layer_decay,
-    )
-
-
-def augment_placement(setting: str, device: torch.device) -> str:
-    """Where train clips are augmented (data.augment_on): 'auto' -> on the device when it is a
-    GPU (the workers only decode and draw), in the workers on CPU; 'workers' / 'device' as
-    asked (device on CPU runs it in the training process)."""
-    if setting not in ("auto", "workers", "device"):
-        raise SpecError(f"data.augment_on must be auto, workers or device, got {setting!r}")
-    if setting == "auto":
-        return "device" if device.type == "cuda" else "workers"
-    return setting
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on a GPU that supports it, else fp16; fp32 on CPU whatever was asked."""
-    if device.type != "cuda":
-        if precision not in ("auto", "fp32"):
-            log.warning("recipe.precision %s ignored on CPU: training in fp32", precision)
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def make_mixup(recipe: dict, num_classes: int) -> Mixup | None:
-    """timm's Mixup/CutMix with upstream's arguments (None when both alphas are 0)."""
-    if recipe["mixup"] <= 0 and recipe["cutmix"] <= 0:
-        return None
-    return Mixup(
-        mixup_alpha=recipe["mixup"],
-        cutmix_alpha=recipe["cutmix"],
-        prob=recipe["mixup_prob"],
-        switch_prob=recipe["mixup_switch_prob"],
-        mode=recipe["mixup_mode"],
-        label_smoothing=recipe["smoothing"],
-        num_classes=num_classes,
-    )
-
-
-def make_criterion(recipe: dict, mixup: Mixup | None) -> nn.Module:
-    """Upstream: soft-target CE when mixing (smoothing is inside the mixed targets), else
-    label-smoothing CE when smoothing > 0, else plain CE."""
-    if mixup is not None:
-        return SoftTargetCrossEntropy()
-    if recipe["smoothing"] > 0:
-        return LabelSmoothingCrossEntropy(smoothing=recipe["smoothing"])
-    return nn.CrossEntropyLoss()
-
-
-def mix_clips(
-    mixup: Mixup, clips: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup/CutMix of a batch of clips [B, C, T, H, W] -> (mixed clips, soft targets [B, K]).
-
-    timm's Mixup cuts `x[:, :, y0:y1, x0:x1]`, i.e. dims 2 and 3, which on a 5-D clip would be
-    (T, H) while the box is drawn from the last two dims (H, W). Viewing the clips as
-    [B, C x T, H, W] makes timm cut (H, W) of every frame and channel, as upstream's video
-    copy does; mixup proper is elementwise and unaffected. In place, like timm."""
-    b, c, t, h, w = clips.shape
-    mixed, targets = mixup(clips.view(b, c * t, h, w), labels)
-    return mixed.view(b, c, t, h, w), targets
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> list[int]:
-    """Number of rows whose label is among the k highest logits, for each k (k capped at the
-    number of classes)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top == labels.unsqueeze(1)
-    return [int(hits[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
-
-
-@dataclass(frozen=True)
-class Projection:
-    """What the whole run will cost, from a measured optimiser-step time."""
-
-    step_seconds: float
-    steps_total: int
-    wall_hours: float
-    gpu_hours: float  # wall hours x processes (GPUs; CPU processes on CPU)
-    unit: str = "GPU"
-
-    def describe(self) -> str:
-        wall = (
-            f"{self.wall_hours:.1f} h"
-            if self.wall_hours >= 1
-            else f"{60 * self.wall_hours:.1f} min"
-        )
-        return (
-            f"{self.steps_total} optimiser steps x {self.step_seconds:.3f} s = {wall} wall, "
-            f"{self.gpu_hours:.2f} {self.unit}-hours"
-        )
-
-
-def project_cost(
-    step_seconds: float,
-    train_videos: int,
-    global_batch: int,
-    epochs: int,
-    gpus: int,
-    val_videos: int = 0,
-    val_videos_per_second: float | None = None,
-    unit: str = "GPU",
-) -> Projection:
-    """Wall time and GPU-hours of a full run: steps = (train_videos // global_batch) x epochs
-    optimiser steps of `step_seconds` each (measured with `gpus` processes, data loading
-    included), plus one validation pass over `val_videos` per epoch when its speed is given."""
-    steps = (train_videos // global_batch) * epochs
-    seconds = steps * step_seconds
-    if val_videos and val_videos_per_second:
-        seconds += epochs * val_videos / val_videos_per_second
-    hours = seconds / 3600
-    return Projection(step_seconds, steps, hours, hours * gpus, unit)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data order
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (shuffle, seed + epoch permutation, rank::world_size) restricted to
-    the `per_rank` videos the epoch's optimiser steps consume, from position `start` on.
-
-    per_rank = steps_per_epoch x accumulation x batch_per_gpu, so per epoch the ranks together
-    take exactly steps_per_epoch x global_batch distinct videos (never the padding)."""
-
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, per_rank: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        if per_rank > self.num_samples:
-            raise ValueError(f"{per_rank} videos per rank asked, the epoch has {self.num_samples}")
-        self.per_rank = per_rank
-        self.start = 0
-
-    def set_start(self, start: int) -> None:
-        self.start = start
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start : self.per_rank])
-
-    def __len__(self) -> int:
-        return self.per_rank - self.start
-
-
-class ShardSampler(Sampler[int]):
-    """Indices rank, rank + world_size, ... in order, unpadded: every video counted once
-    over the ranks (validation sums correct counts and totals across ranks)."""
-
-    def __init__(self, length: int, num_replicas: int, rank: int):
-        self.indices = range(rank, length, num_replicas)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def loader_seed(seed: int, rank: int, stream: int) -> int:
-    """Seed of a data loader's own generator (shuffling is the sampler's, worker seeds come from
-    this generator): never drawn from the main process's random streams, which are saved and
-    restored at step boundaries and must not depend on when loaders start."""
-    return int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Numbers derived from the spec and the process count (saved as the resolved spec)."""
-
-    world_size: int
-    global_batch: int
-    batch_per_gpu: int
-    accumulation: int
-    num_sample: int
-    train_videos: int
-    val_videos: int
-    steps_per_epoch: int
-    epochs: int
-    total_steps: int
-    warmup_steps: int
-    lr: float
-    min_lr: float
-    precision: str
-    compile: bool
-    log_every: int
-    device: str
-    augment_on: str  # where train clips are augmented: workers | device
-
-
-def make_plan(
-    spec: dict, world_size: int, train_videos: int, val_videos: int, device: torch.device
-) -> Plan:
-    """Check the spec's numbers against the process count and the split sizes."""
-    ft, recipe = spec["finetune"], spec["recipe"]
-    accumulation = accumulation_steps(ft["global_batch"], ft["batch_per_gpu"], world_size)
-    steps_per_epoch = train_videos // ft["global_batch"]
-    if steps_per_epoch == 0:
-        raise SpecError(
-            f"the train split has {train_videos} videos, fewer than one global batch "
-            f"(finetune.global_batch {ft['global_batch']})"
-        )
-    num_sample = spec["data"]["augment"]["num_sample"]
-    if (recipe["mixup"] > 0 or recipe["cutmix"] > 0) and (ft["batch_per_gpu"] * num_sample) % 2:
-        raise SpecError(
-            f"Mixup/CutMix pair each clip with the batch flipped and need an even "
-            f"number of clips per pass: finetune.batch_per_gpu {ft['batch_per_gpu']} x "
-            f"data.augment.num_sample {num_sample} is odd"
-        )
-    compile_model = bool(recipe["compile"]) and device.type == "cuda"
-    if recipe["compile"] and not compile_model:
-        log.warning(
-            "recipe.compile ignored on %s (torch.compile is used on CUDA only)", device.type
-        )
-    return Plan(
-        world_size=world_size,
-        global_batch=ft["global_batch"],
-        batch_per_gpu=ft["batch_per_gpu"],
-        accumulation=accumulation,
-        num_sample=num_sample,
-        train_videos=train_videos,
-        val_videos=val_videos,
-        steps_per_epoch=steps_per_epoch,
-        epochs=recipe["epochs"],
-        total_steps=steps_per_epoch * recipe["epochs"],
-        warmup_steps=steps_per_epoch * recipe["warmup_epochs"],
-        lr=scaled_lr(ft["base_lr"], ft["global_batch"]),
-        min_lr=scaled_lr(recipe["min_lr"], ft["global_batch"]),
-        precision=resolve_precision(recipe["precision"], device),
-        compile=compile_model,
-        log_every=max(1, steps_per_epoch // LOG_LINES_PER_EPOCH),
-        device=device.type,
-        augment_on=augment_placement(spec["data"].get("augment_on", "auto"), device),
-    )
 
 
 @dataclass
@@ -485,7 +178,7 @@ class Finetune:
 
         # augmentation draws are a function of (recipe seed, epoch, video index) (video.item_rngs)
         seed, classes = self.recipe["seed"], spec["num_classes"]
-        placement = augment_placement(self.data_cfg.get("augment_on", "auto"), self.device)
+        placement = schedule.augment_placement(self.data_cfg.get("augment_on", "auto"), self.device)
         self.train_set = video.TrainDataset(
             train_csv,
             self.data_cfg,
@@ -499,7 +192,7 @@ class Finetune:
         self.val_set = video.TrainDataset(
             val_csv, self.data_cfg, "validation", seed=seed, num_classes=classes
         )
-        self.plan = make_plan(
+        self.plan = schedule.make_plan(
             spec, info.world_size, len(self.train_set), len(self.val_set), self.device
         )
         self.identity = run_identity(
@@ -511,28 +204,12 @@ class Finetune:
         if info.is_primary:
             log.info("pretrained %s (%s): %s", pretrained, spec["pretrained_format"], report)
         self.net.to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.net, self.recipe["weight_decay"], self.recipe["layer_decay"]),
-            lr=self.plan.lr,
-            betas=tuple(self.recipe["betas"]),
-            eps=self.recipe["eps"],
-            fused=self.device.type == "cuda",
-        )
+        self.optimizer = components.make_optimizer(self.net, self.recipe, self.plan.lr, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.plan.precision == "fp16")
-        self.mixup = make_mixup(self.recipe, spec["num_classes"])
-        self.criterion = make_criterion(self.recipe, self.mixup)
-        self.sampler = ResumableSampler(
-            self.train_set,
-            info.world_size,
-            info.rank,
-            self.recipe["seed"],
-            self.plan.steps_per_epoch * self.plan.accumulation * self.plan.batch_per_gpu,
-        )
-        # persistent workers (video.make_loader): the sampler is iterated in this process, the
-        # epoch reaches the workers through the datasets' shared memory (set_epoch)
-        self.train_loader = self._loader(self.train_set, self.sampler, stream=0)
-        self.val_loader = self._loader(
-            self.val_set, ShardSampler(len(self.val_set), info.world_size, info.rank), stream=1
+        self.mixup = components.make_mixup(self.recipe, spec["num_classes"])
+        self.criterion = components.make_criterion(self.recipe, self.mixup)
+        self.sampler, self.train_loader, self.val_loader = samplers.make_loaders(
+            self.train_set, self.val_set, self.plan, info, seed, self.data_cfg["num_workers"]
         )
         self.store = state.StateStore(self.state_dir)
         self.lock = state.StateLock(self.state_dir)
@@ -682,26 +359,8 @@ class Finetune:
 
     # -- training --------------------------------------------------------------------------------
 
-    def autocast(self):
-        return torch.autocast(
-            self.device.type,
-            dtype=AUTOCAST_DTYPE[self.plan.precision],
-            enabled=self.plan.precision != "fp32",
-        )
-
-    def _loader(self, dataset, sampler: Sampler, stream: int) -> DataLoader:
-        """Batches of (clips [batch x num_sample, 3, T, S, S], labels, video index), the clips
-        of one video adjacent (upstream's `multiple_samples_collate`); or, for augmentation on
-        the device, `video.train_collate_frames` batches (the dataset's `collate`)."""
-        return video.make_loader(
-            dataset,
-            batch_size=self.plan.batch_per_gpu,
-            sampler=sampler,
-            num_workers=self.data_cfg["num_workers"],
-            collate_fn=dataset.collate,
-            device=self.device,
-            seed=loader_seed(self.recipe["seed"], self.info.rank, stream),
-        )
+    def autocast(self) -> torch.autocast:
+        return components.autocast(self.device, self.plan.precision)
 
     def train_one_epoch(self, epoch: int) -> None:
         """Optimiser steps from progress.step_in_epoch to the end of the epoch. The host never
@@ -732,7 +391,7 @@ class Finetune:
             (plan.steps_per_epoch - progress.step_in_epoch) * plan.accumulation,
         )
         while progress.step_in_epoch < plan.steps_per_epoch:
-            lr = lr_at_step(
+            lr = schedule.lr_at_step(
                 progress.global_step, plan.lr, plan.min_lr, plan.warmup_steps, plan.total_steps
             )
             for group in self.optimizer.param_groups:
@@ -741,7 +400,7 @@ class Finetune:
             for micro in range(plan.accumulation):
                 clips, labels = feeder.take()
                 if self.mixup is not None:
-                    clips, targets = mix_clips(self.mixup, clips, labels)
+                    clips, targets = components.mix_clips(self.mixup, clips, labels)
                 else:
                     targets = labels
                 last = micro == plan.accumulation - 1
@@ -819,7 +478,7 @@ class Finetune:
         self.write_log(record)
 
     def log_projection(self, step_seconds: float) -> None:
-        projection = project_cost(
+        projection = schedule.project_cost(
             step_seconds,
             self.plan.train_videos,
             self.plan.global_batch,
@@ -847,7 +506,7 @@ class Finetune:
             with self.autocast():
                 logits = self.net(clips)
             logits = logits.float()
-            top1, top5 = topk_correct(logits, labels, (1, 5))
+            top1, top5 = components.topk_correct(logits, labels, (1, 5))
             loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
             totals += torch.tensor(
                 [loss.item(), top1, top5, len(labels)], dtype=torch.float64, device=self.device
@@ -955,7 +614,7 @@ class Finetune:
                     "epoch": epoch,
                     "step": self.progress.global_step,
                     "loss": self.train_loss(),
-                    "lr": lr_at_step(
+                    "lr": schedule.lr_at_step(
                         self.progress.global_step - 1,
                         plan.lr,
                         plan.min_lr,

@@ -34,8 +34,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from k400ft import augment, decoders, distributed, evaluate, feed, video
-from k400ft import finetune as ft
+from k400ft import augment, components, decoders, distributed, evaluate, feed, schedule, video
 from k400ft.io import atomic_write
 from k400ft.models import build_model
 
@@ -90,7 +89,7 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
                     tflops * 1e12,
                     f"{name}: data-sheet dense {precision} peak {tflops:.0f} TFLOP/s",
                 )
-    dtype = ft.AUTOCAST_DTYPE[precision]
+    dtype = components.AUTOCAST_DTYPE[precision]
     size = 4096 if device.type == "cuda" else 1024
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
@@ -123,24 +122,17 @@ class Trainer:
     ):
         self.arch, self.recipe, self.device = spec["arch"], spec["recipe"], device
         self.num_classes = spec["num_classes"]
-        self.precision = ft.resolve_precision(precision, device)
+        self.precision = schedule.resolve_precision(precision, device)
         self.channels_last = channels_last
         self.net = build_model(self.arch, self.num_classes).to(device)
         if channels_last:
             self.net.patch_embed.to(memory_format=torch.channels_last_3d)
         self.model = torch.compile(self.net) if compile_model else self.net
-        groups = ft.param_groups(self.net, self.recipe["weight_decay"], self.recipe["layer_decay"])
-        self.optimizer = torch.optim.AdamW(
-            groups,
-            lr=1e-4,
-            betas=tuple(self.recipe["betas"]),
-            eps=self.recipe["eps"],
-            fused=device.type == "cuda",
-        )
+        self.optimizer = components.make_optimizer(self.net, self.recipe, 1e-4, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.mixup = ft.make_mixup(self.recipe, self.num_classes)
-        self.criterion = ft.make_criterion(self.recipe, self.mixup)
-        placement = ft.augment_placement(spec["data"].get("augment_on", "auto"), device)
+        self.mixup = components.make_mixup(self.recipe, self.num_classes)
+        self.criterion = components.make_criterion(self.recipe, self.mixup)
+        placement = schedule.augment_placement(spec["data"].get("augment_on", "auto"), device)
         self.augment_on = placement
         self.augmenter = augment.ClipAugmenter(spec["data"]) if placement == "device" else None
 
@@ -152,16 +144,14 @@ class Trainer:
             torch.randint(0, self.num_classes, (count,), device=self.device),
         )
 
-    def autocast(self):
-        return torch.autocast(
-            self.device.type,
-            dtype=ft.AUTOCAST_DTYPE[self.precision],
-            enabled=self.precision != "fp32",
-        )
+    def autocast(self) -> torch.autocast:
+        return components.autocast(self.device, self.precision)
 
     def forward_backward(self, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mixup/CutMix, autocast forward, loss, backward; returns the loss (on the device)."""
-        clips, targets = ft.mix_clips(self.mixup, clips, labels) if self.mixup else (clips, labels)
+        clips, targets = (
+            components.mix_clips(self.mixup, clips, labels) if self.mixup else (clips, labels)
+        )
         if self.channels_last:
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
         with self.autocast():
@@ -263,7 +253,7 @@ def repeat(value):
 
 def train_loader(spec: dict, csv: Path, batch: int, workers: int, device: torch.device):
     """The engine's train loader over `csv` (augmentation where data.augment_on puts it)."""
-    placement = ft.augment_placement(spec["data"].get("augment_on", "auto"), device)
+    placement = schedule.augment_placement(spec["data"].get("augment_on", "auto"), device)
     dataset = video.TrainDataset(
         csv, spec["data"], "train", seed=0, apply_augment=placement == "workers"
     )
@@ -443,9 +433,9 @@ def project_run(
         + figures.get("build_s", 0.0)
         + 2 * figures.get("loader_start_s", 0.0)
     )
-    accumulation = ft.accumulation_steps(global_batch, batch, gpus)
+    accumulation = schedule.accumulation_steps(global_batch, batch, gpus)
     micro = figures.get("fed_step_s", figures["step_s"])
-    fed = ft.project_cost(
+    fed = schedule.project_cost(
         accumulation * micro,
         train_videos,
         global_batch,
@@ -455,7 +445,7 @@ def project_run(
         figures["val_clips_per_s"] * gpus,
         unit=unit,
     )
-    alone = ft.project_cost(
+    alone = schedule.project_cost(
         accumulation * figures["step_s"], train_videos, global_batch, epochs, gpus, unit=unit
     )
     result = {
@@ -665,7 +655,7 @@ def read_splits(
     after one warm-up video)."""
     batch, name = max((m["finetune"]["batch_per_gpu"], n) for n, m in spec["models"].items())
     if spec["plan"]["videos"] < batch:
-        raise ft.SpecError(
+        raise schedule.SpecError(
             f"plan.videos {spec['plan']['videos']} is smaller than one batch of {name} "
             f"(finetune.batch_per_gpu {batch}): the plan times whole batches"
         )
@@ -803,7 +793,7 @@ def plan(
             "train_videos": len(train_rows),
             "test_videos": len(test_rows),
             "workers_per_process": workers,
-            "augment_on": ft.augment_placement(
+            "augment_on": schedule.augment_placement(
                 spec["data"].get("augment_on", "auto"), torch_device
             ),
             "transcode": bool(spec.get("transcode")),
