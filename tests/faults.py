@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import torch  # noqa: E402
 
-from k400ft import augment, components, evaluate, finetune  # noqa: E402
+from k400ft import augment, bookkeeping, components, evaluate  # noqa: E402
 
 
 def InjectedFault(message: str) -> RuntimeError:  # noqa: N802 - reads as an exception class
@@ -60,7 +60,7 @@ def _write_log() -> None:
     def write_log(self, record):
         raise OSError(errno.EROFS, "Read-only file system", str(self.log_path))
 
-    finetune.Finetune.write_log = write_log
+    bookkeeping.TrainLog.write_log = write_log
 
 
 def _evaluate() -> None:

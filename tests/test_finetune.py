@@ -31,7 +31,7 @@ from timm.data import Mixup
 from timm.models import group_parameters
 from torch import nn
 
-from k400ft import components, samplers
+from k400ft import components, lifecycle, samplers
 from k400ft import finetune as ft
 from k400ft.io import setup_logging
 from k400ft.models import CATMAE_VITS16, VIDEOMAE_VITS16, build_model
@@ -823,7 +823,7 @@ def test_a_kill_inside_finish_leaves_no_declared_output_and_the_rerun_completes(
     left = [p.name for p in (root / "finish_kill/out").iterdir() if not p.name.startswith(".")]
     assert left == []  # temp files only: no final.pt, and no spec.json or log beside nothing
     assert finish(fork_run(root, spec, "finish_kill")) == [0]
-    assert sorted(p.name for p in (root / "finish_kill/out").iterdir()) == sorted(ft.OUTPUTS)
+    assert sorted(p.name for p in (root / "finish_kill/out").iterdir()) == sorted(lifecycle.OUTPUTS)
     assert_same_run(reference, outcome(root / "finish_kill/out"))
 
 

@@ -5,7 +5,7 @@ epoch's optimiser steps consume, from any position on: a resumed epoch skips the
 already trained on without decoding them. `ShardSampler`: every validation video once over the
 ranks. `make_loaders`: the engine's train and validation loaders; each owns its generator
 (`loader_seed`), so starting them never draws from the main process's random streams, which
-are saved and restored at step boundaries (k400ft.finetune).
+are saved and restored at step boundaries (k400ft.lifecycle).
 """
 
 from __future__ import annotations
