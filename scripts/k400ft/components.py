@@ -1,7 +1,7 @@
 """Upstream's training recipe as components: AdamW on layer-decay groups, Mixup/CutMix, loss.
 
 The pieces the fine-tuning engine (k400ft.finetune) runs and the timing harness
-(k400ft.plan) times, built one way for both (REFERENCE.md §2): AdamW (betas, eps) with weight
+(k400ft.measure) times, built one way for both (REFERENCE.md §2): AdamW (betas, eps) with weight
 decay on matrices only and layer-wise lr decay (`param_groups`, `make_optimizer`); timm's
 Mixup / CutMix on 5-D clips (`make_mixup`, `mix_clips`) with the loss upstream pairs with it
 (`make_criterion`); the autocast of the resolved precision; top-k counting for validation.
