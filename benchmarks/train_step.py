@@ -5,10 +5,10 @@
     python benchmarks/train_step.py --device cuda          # one GPU, the paper's per-GPU batch
     python benchmarks/train_step.py --device cuda --suite  # the one-shot GPU check (minutes)
 
-The measuring code is k400ft.plan's, which the workflow's `plan` stage runs on the user's own
-data (one piece of code called two ways). One train step = what the fine-tuning engine does per
-micro-step (k400ft.finetune): Mixup/CutMix
-on the clips, autocast forward (bf16 where the GPU has it, fp16 + GradScaler otherwise, fp32 on
+The measuring code is the timing harness k400ft.measure, which the workflow's `plan` stage runs
+on the user's own data (one piece of code called two ways); the projection is k400ft.plan's. One
+train step = what the fine-tuning engine does per micro-step (k400ft.finetune): Mixup/CutMix on
+the clips, autocast forward (bf16 where the GPU has it, fp16 + GradScaler otherwise, fp32 on
 CPU), soft-target cross entropy, backward, AdamW with the layer-decay groups. The model and the
 batch come from the config (`models.<model>.arch`, `finetune.batch_per_gpu` videos, each giving
 `data.augment.num_sample` clips); weights are random (speed does not depend on them).
@@ -33,7 +33,7 @@ Measured and printed:
 - "model alone" runs on clips already on the device (no copy), and on CUDA without
   --compile the compiled model alone too;
 - forward-only clips/s (the per-epoch single-view validation);
-- the projection of the full run (k400ft.finetune.project_cost): optimiser steps of the
+- the projection of the full run (k400ft.schedule.project_cost): optimiser steps of the
   config's global batch over `--train-videos` for `recipe.epochs`, each taking accumulation x
   the measured micro-step (the loader-fed one when measured), on the configured GPU count,
   assuming data-parallel scaling without loss (NCCL all-reduce of 22M parameters once per
@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from data_throughput import make_videos  # noqa: E402  (K400-like mp4 files, the data benchmark's)
 
 from k400ft import plan, video  # noqa: E402
+from k400ft.measure import measure_model  # noqa: E402
 
 K400_TRAIN_VIDEOS = (
     240_000  # order of magnitude of a K400 copy's train split (yours: --train-videos)
@@ -105,7 +106,7 @@ def measure(
     channels_last: bool,
     csv: Path | None,
 ) -> dict:
-    """All figures for one model / setting (k400ft.plan.measure_model, as the plan stage)."""
+    """All figures for one model / setting (k400ft.measure.measure_model, as the plan stage)."""
     device = torch.device(args.device)
     spec = {
         "arch": cfg["models"][model_name]["arch"],
@@ -113,7 +114,7 @@ def measure(
         "data": cfg["data"],
         "num_classes": cfg["kinetics"]["num_classes"],
     }
-    result = plan.measure_model(
+    result = measure_model(
         spec,
         device,
         args.precision,

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from k400ft.finetune import SpecError
 from k400ft.io import load_json_arg, setup_logging
 from k400ft.plan import plan
+from k400ft.schedule import SpecError
 from k400ft.video import SplitCSVError
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import torch  # noqa: E402
 
-from k400ft import augment, evaluate, finetune  # noqa: E402
+from k400ft import augment, bookkeeping, components, evaluate  # noqa: E402
 
 
 def InjectedFault(message: str) -> RuntimeError:  # noqa: N802 - reads as an exception class
@@ -36,7 +36,7 @@ def InjectedFault(message: str) -> RuntimeError:  # noqa: N802 - reads as an exc
 
 
 def _train_step() -> None:
-    original, calls = finetune.mix_clips, []
+    original, calls = components.mix_clips, []
 
     def mix_clips(*args, **kwargs):
         calls.append(1)
@@ -44,7 +44,7 @@ def _train_step() -> None:
             raise InjectedFault("injected: the training step failed")
         return original(*args, **kwargs)
 
-    finetune.mix_clips = mix_clips
+    components.mix_clips = mix_clips
 
 
 def _worker() -> None:
@@ -60,7 +60,7 @@ def _write_log() -> None:
     def write_log(self, record):
         raise OSError(errno.EROFS, "Read-only file system", str(self.log_path))
 
-    finetune.Finetune.write_log = write_log
+    bookkeeping.TrainLog.write_log = write_log
 
 
 def _evaluate() -> None:

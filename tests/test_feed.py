@@ -9,8 +9,7 @@ import pytest
 import torch
 from test_finetune import finish, fork_run, rank0_log, tiny  # noqa: F401 (a fixture)
 
-from k400ft import feed, state
-from k400ft import finetune as ft
+from k400ft import components, feed, schedule, state
 
 
 def test_feeder_makes_each_batch_once_in_order_and_never_past_its_count():
@@ -68,14 +67,14 @@ def test_each_step_makes_the_next_batch_and_reads_its_loss_a_step_late(tiny, mon
     wrap(feed, "prepare", "batch")
     wrap(torch.optim.AdamW, "step", "step")
     wrap(feed.LateLoss, "value", lambda self: f"read {self.where}")
-    make_criterion = ft.make_criterion
+    make_criterion = components.make_criterion
 
     def criterion(*args):
         inner = make_criterion(*args)
         return lambda *a: (note("forward"), inner(*a))[1]
 
-    monkeypatch.setattr(ft, "make_criterion", criterion)
-    monkeypatch.setattr(ft, "LOG_LINES_PER_EPOCH", 1)
+    monkeypatch.setattr(components, "make_criterion", criterion)
+    monkeypatch.setattr(schedule, "LOG_LINES_PER_EPOCH", 1)
     assert finish(fork_run(root, one_epoch(spec, 1e6), "order")) == [0], rank0_log(root, "order")
     lines = events.read_text().splitlines()
     lines = lines[: lines.index("read epoch 0, step 3 (global 3)") + 1]  # validation after
@@ -99,7 +98,7 @@ def test_a_nan_loss_stops_the_run_naming_its_step_and_is_never_saved(
     save: the run exits non-zero naming epoch 0, step 1, and the state on disk (saved at
     every step boundary, or never) holds no step past 1."""
     root, spec = tiny
-    make_criterion, calls = ft.make_criterion, []
+    make_criterion, calls = components.make_criterion, []
 
     def criterion(*args):
         inner = make_criterion(*args)
@@ -111,7 +110,7 @@ def test_a_nan_loss_stops_the_run_naming_its_step_and_is_never_saved(
 
         return poisoned
 
-    monkeypatch.setattr(ft, "make_criterion", criterion)
+    monkeypatch.setattr(components, "make_criterion", criterion)
     name = f"nan_{checkpoint_minutes}"
     assert finish(fork_run(root, one_epoch(spec, checkpoint_minutes), name)) == [1]
     assert "loss is nan at epoch 0, step 1 (global 1)" in rank0_log(root, name)

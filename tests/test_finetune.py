@@ -1,5 +1,5 @@
-"""The fine-tuning engine: the recipe's numbers as pure functions (lr schedule, layer-decay
-groups, accumulation, Mixup/CutMix on clips), the resume state file, the data order; then the
+"""The fine-tuning engine: the recipe's parts as pure functions (layer-decay groups,
+Mixup/CutMix on clips), the resume state file, the data order; then the
 real stage on tiny models and tiny real mp4 files: SIGKILL at random steps and SIGTERM, then
 restart, must reach bit-identical weights and metrics to an uninterrupted run (one process,
 and 2 gloo processes through torchrun)."""
@@ -8,7 +8,6 @@ import contextlib
 import functools
 import io
 import json
-import math
 import multiprocessing
 import os
 import random
@@ -32,6 +31,7 @@ from timm.data import Mixup
 from timm.models import group_parameters
 from torch import nn
 
+from k400ft import components, lifecycle, samplers
 from k400ft import finetune as ft
 from k400ft.io import setup_logging
 from k400ft.models import CATMAE_VITS16, VIDEOMAE_VITS16, build_model
@@ -88,66 +88,6 @@ DATA = {
 }
 
 
-# ---------------------------------------------------------------- lr schedule
-
-
-def upstream_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs):
-    """VideoMAE/CatMAE utils.cosine_scheduler (start_warmup_value 0, warmup_steps -1), restated."""
-    warmup_iters = warmup_epochs * niter_per_ep
-    warmup = np.linspace(0, base_value, warmup_iters) if warmup_epochs > 0 else np.array([])
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (
-        1 + np.cos(np.pi * iters / len(iters))
-    )
-    return np.concatenate((warmup, cosine))
-
-
-def test_scaled_lr_is_linear_in_global_batch():
-    assert ft.scaled_lr(1.2e-3, 28) == pytest.approx(1.3125e-4)  # CatMAE seed script, 7 x 4 GPUs
-    assert ft.scaled_lr(5e-4, 48) == pytest.approx(9.375e-5)  # its VideoMAE script, 12 x 4
-    assert ft.scaled_lr(5e-4, 384) == pytest.approx(7.5e-4)  # VideoMAE's own recipe
-    assert ft.scaled_lr(1e-6, 256) == 1e-6
-
-
-def test_lr_schedule_values_at_chosen_steps():
-    lr, min_lr, spe = 1e-3, 1e-5, 10
-    warmup, total = 5 * spe, 30 * spe
-
-    def at(step):
-        return ft.lr_at_step(step, lr, min_lr, warmup, total)
-
-    assert at(0) == 0.0  # linear from 0
-    assert at(1) == pytest.approx(lr / 49)  # linspace(0, lr, 50): endpoint included
-    assert at(warmup - 1) == pytest.approx(lr)  # the last warmup step reaches lr ...
-    assert at(warmup) == pytest.approx(lr)  # ... and the cosine starts there
-    middle = warmup + (total - warmup) // 2
-    assert at(middle) == pytest.approx((lr + min_lr) / 2)  # half-way down the cosine
-    assert at(total - 1) == pytest.approx(
-        min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * 249 / 250))
-    )
-    assert min_lr < at(total - 1) < min_lr * 1.01
-    values = [at(s) for s in range(total)]
-    np.testing.assert_allclose(
-        values, upstream_cosine_scheduler(lr, min_lr, 30, spe, 5), rtol=1e-12, atol=0
-    )
-    assert all(a <= b for a, b in zip(values[: warmup - 1], values[1:warmup], strict=True))
-    assert all(a >= b for a, b in zip(values[warmup:-1], values[warmup + 1 :], strict=True))
-    with pytest.raises(ValueError, match="outside"):
-        at(total)
-
-
-def test_lr_schedule_without_warmup_and_paper_sizes():
-    # the paper run: K400 train ~240k videos, global batch 28 -> 8571 steps per epoch
-    spe = 240_000 // 28
-    lr, min_lr = ft.scaled_lr(1.2e-3, 28), ft.scaled_lr(1e-6, 28)
-    ref = upstream_cosine_scheduler(lr, min_lr, 150, spe, 5)
-    for step in (0, 1, 5 * spe - 1, 5 * spe, 77 * spe + 13, 150 * spe - 1):
-        assert ft.lr_at_step(step, lr, min_lr, 5 * spe, 150 * spe) == pytest.approx(
-            ref[step], rel=1e-12, abs=0
-        )
-    assert ft.lr_at_step(0, 1.0, 0.0, 0, 4) == 1.0  # no warmup: the cosine from step 0
-
-
 # ---------------------------------------------------------------- parameter groups
 
 
@@ -159,7 +99,7 @@ def layer_decay_groups(
     weight_decay: float,
     layer_decay: float,
 ) -> list[dict[str, Any]]:
-    """The reference: the project's own groups before timm built them (`ft.param_groups`),
+    """The reference: the project's own groups before timm built them (`components.param_groups`),
     upstream's `get_parameter_groups`.
 
     A parameter gets no weight decay when it is 1-D, its name ends in `.bias`, or its name is
@@ -287,7 +227,7 @@ def test_param_groups_drive_adamw_lr_per_parameter():
     ids=["catmae_vits16", "videomae_vits16", "tiny_2d", "tiny_3d"],
 )
 def test_timm_param_groups_are_the_reference_groups(arch):
-    """`ft.param_groups` (timm's `param_groups_layer_decay` over `VideoViT.group_matcher`)
+    """`components.param_groups` (timm's `param_groups_layer_decay` over `VideoViT.group_matcher`)
     gives the reference's groups for both models: the same groups in the same order, each with
     the same parameters (identity, in order), lr_scale and weight_decay exactly equal; frozen
     parameters left out the same way. timm's layer ids are `layer_id`'s."""
@@ -307,7 +247,7 @@ def test_timm_param_groups_are_the_reference_groups(arch):
     for frozen in ((), ("head.bias", "blocks.0.norm1.weight")):
         for name in frozen:
             dict(model.named_parameters())[name].requires_grad_(False)
-        new, old = ft.param_groups(model, 0.05, 0.75), reference_groups(model)
+        new, old = components.param_groups(model, 0.05, 0.75), reference_groups(model)
         assert rows(new) == rows(old)
         for got, want in zip(new, old, strict=True):
             assert all(a is b for a, b in zip(got["params"], want["params"], strict=True))
@@ -328,7 +268,7 @@ def test_optimizer_state_of_reference_groups_loads_into_timm_groups():
     model(torch.randn(2, 3, 8, 32, 32)).square().sum().backward()
     old.step()
     saved = old.state_dict()
-    new = torch.optim.AdamW(ft.param_groups(model, 0.05, 0.75), lr=1e-3)
+    new = torch.optim.AdamW(components.param_groups(model, 0.05, 0.75), lr=1e-3)
     new.load_state_dict(saved)
     for param in model.parameters():
         for key in ("exp_avg", "exp_avg_sq", "step"):
@@ -336,29 +276,6 @@ def test_optimizer_state_of_reference_groups_loads_into_timm_groups():
     for got, want in zip(new.param_groups, old.param_groups, strict=True):
         assert got["params"] == want["params"]
         assert (got["lr_scale"], got["weight_decay"]) == (want["lr_scale"], want["weight_decay"])
-
-
-# ---------------------------------------------------------------- accumulation
-
-
-def test_accumulation_steps_keep_the_global_batch():
-    assert ft.accumulation_steps(28, 7, 4) == 1  # CatMAE seed script as run
-    assert ft.accumulation_steps(28, 7, 1) == 4  # the same global batch on one GPU
-    assert ft.accumulation_steps(48, 12, 2) == 2
-    assert ft.accumulation_steps(384, 12, 8) == 4  # VideoMAE's 384 on 8 GPUs
-
-
-def test_accumulation_refusal_names_the_numbers_to_change():
-    with pytest.raises(ft.SpecError) as err:
-        ft.accumulation_steps(28, 8, 4)
-    message = str(err.value)
-    assert "finetune.global_batch 28" in message and "batch_per_gpu 8 x 4 processes = 32" in message
-    assert "divisor of 7" in message and "1, 7" in message
-    with pytest.raises(
-        ValueError,
-        match=r"number of processes that divides the global batch \(1, 2, 4, 7, 14, 28\)",
-    ):
-        ft.accumulation_steps(28, 1, 3)
 
 
 # ---------------------------------------------------------------- mixup / cutmix on clips
@@ -382,7 +299,7 @@ def test_cutmix_on_clips_cuts_height_and_width_of_every_frame():
     )
     np.random.seed(3)
     clips, labels = two_clips()
-    mixed, targets = ft.mix_clips(mixup, clips, labels)
+    mixed, targets = components.mix_clips(mixup, clips, labels)
     assert mixed.shape == (2, 3, 4, 16, 24)
     box = mixed[0]  # clip 0 was zeros: ones inside the box (pasted from clip 1)
     assert box.sum() > 0
@@ -395,10 +312,10 @@ def test_cutmix_on_clips_cuts_height_and_width_of_every_frame():
 
 
 def test_mixup_on_clips_blends_whole_clips_with_smoothed_targets():
-    mixup = ft.make_mixup(dict(RECIPE, cutmix=0.0), num_classes=2)
+    mixup = components.make_mixup(dict(RECIPE, cutmix=0.0), num_classes=2)
     np.random.seed(0)
     clips, labels = two_clips()
-    mixed, targets = ft.mix_clips(mixup, clips, labels)
+    mixed, targets = components.mix_clips(mixup, clips, labels)
     lam = 1 - float(mixed[0].mean())
     assert torch.allclose(mixed[0], torch.full_like(mixed[0], 1 - lam))
     assert targets[0].tolist() == pytest.approx(
@@ -408,17 +325,20 @@ def test_mixup_on_clips_blends_whole_clips_with_smoothed_targets():
 
 def test_criterion_follows_upstream_choice():
     recipe = RECIPE
-    mixup = ft.make_mixup(recipe, 400)
-    assert type(ft.make_criterion(recipe, mixup)).__name__ == "SoftTargetCrossEntropy"
+    mixup = components.make_mixup(recipe, 400)
+    assert type(components.make_criterion(recipe, mixup)).__name__ == "SoftTargetCrossEntropy"
     off = dict(recipe, mixup=0.0, cutmix=0.0)
-    assert ft.make_mixup(off, 400) is None
-    assert type(ft.make_criterion(off, None)).__name__ == "LabelSmoothingCrossEntropy"
-    assert type(ft.make_criterion(dict(off, smoothing=0.0), None)).__name__ == "CrossEntropyLoss"
+    assert components.make_mixup(off, 400) is None
+    assert type(components.make_criterion(off, None)).__name__ == "LabelSmoothingCrossEntropy"
+    assert (
+        type(components.make_criterion(dict(off, smoothing=0.0), None)).__name__
+        == "CrossEntropyLoss"
+    )
 
 
 def test_topk_correct_counts():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.05, 0.15], [0.2, 0.3, 0.5]])
-    assert ft.topk_correct(logits, torch.tensor([1, 2, 0]), (1, 2, 5)) == [1, 2, 3]
+    assert components.topk_correct(logits, torch.tensor([1, 2, 0]), (1, 2, 5)) == [1, 2, 3]
 
 
 # ---------------------------------------------------------------- data order
@@ -431,20 +351,20 @@ def test_resumable_sampler_skips_exactly_the_done_positions():
     )  # 2 steps/epoch x accumulation 1 x batch_per_gpu 4 (global batch 8, 2 ranks)
     full = {}
     for rank in (0, 1):
-        sampler = ft.ResumableSampler(data, 2, rank, seed=0, per_rank=per_rank)
+        sampler = samplers.ResumableSampler(data, 2, rank, seed=0, per_rank=per_rank)
         sampler.set_epoch(3)
         full[rank] = list(sampler)
         assert len(full[rank]) == per_rank
         sampler.set_start(4)
         assert list(sampler) == full[rank][4:] and len(sampler) == 4
     assert len(set(full[0]) | set(full[1])) == 16  # distinct videos, never the padding
-    again = ft.ResumableSampler(data, 2, 0, seed=0, per_rank=per_rank)
+    again = samplers.ResumableSampler(data, 2, 0, seed=0, per_rank=per_rank)
     again.set_epoch(4)
     assert list(again) != full[0]  # a new permutation each epoch
 
 
 def test_shard_sampler_covers_every_video_once():
-    shards = [list(ft.ShardSampler(7, 3, r)) for r in range(3)]
+    shards = [list(samplers.ShardSampler(7, 3, r)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(7))
 
 
@@ -811,19 +731,6 @@ def test_cli_refuses_a_split_csv_without_videos_in_one_line(tiny, monkeypatch, c
     assert sorted(p.name for p in empty.parent.iterdir()) == [empty.name]  # no state, no out
 
 
-def test_cost_projection():
-    # 240k videos / global batch 48 = 5000 steps per epoch x 150 epochs at 0.5 s, 4 GPUs
-    p = ft.project_cost(0.5, 240_000, 48, 150, 4)
-    assert p.steps_total == 750_000
-    assert p.wall_hours == pytest.approx(750_000 * 0.5 / 3600)
-    assert p.gpu_hours == pytest.approx(4 * p.wall_hours)
-    with_val = ft.project_cost(
-        0.5, 240_000, 48, 150, 4, val_videos=19_800, val_videos_per_second=100
-    )
-    assert with_val.wall_hours == pytest.approx(p.wall_hours + 150 * 198 / 3600)
-    assert "750000 optimiser steps" in p.describe() and "GPU-hours" in p.describe()
-
-
 def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_reference):
     """torchrun starts each trainer in a session of its own: without the parent-death signal a
     kill -9 of torchrun left them training, and the re-run trained beside them."""
@@ -916,7 +823,7 @@ def test_a_kill_inside_finish_leaves_no_declared_output_and_the_rerun_completes(
     left = [p.name for p in (root / "finish_kill/out").iterdir() if not p.name.startswith(".")]
     assert left == []  # temp files only: no final.pt, and no spec.json or log beside nothing
     assert finish(fork_run(root, spec, "finish_kill")) == [0]
-    assert sorted(p.name for p in (root / "finish_kill/out").iterdir()) == sorted(ft.OUTPUTS)
+    assert sorted(p.name for p in (root / "finish_kill/out").iterdir()) == sorted(lifecycle.OUTPUTS)
     assert_same_run(reference, outcome(root / "finish_kill/out"))
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from test_finetune import DATA, NUM_CLASSES, RECIPE, TINY_ARCH, tiny
 
+from k400ft import measure as M
 from k400ft import plan as P
-from k400ft.finetune import SpecError
+from k400ft.schedule import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,9 +117,9 @@ def test_advice_to_compile_names_the_measured_gain_only_when_it_pays():
 
 def test_a_fed_rate_is_timed_after_the_workers_first_burst_over_rounds_of_every_worker():
     # 15 workers x prefetch 2 batches made ahead; then 3 batches of each worker at least
-    assert P.steady_window(15, 10) == (30, 45)
-    assert P.steady_window(1, 10) == (2, 10)
-    assert P.steady_window(0, 5) == (1, 5)  # no workers: the main process loads
+    assert M.steady_window(15, 10) == (30, 45)
+    assert M.steady_window(1, 10) == (2, 10)
+    assert M.steady_window(0, 5) == (1, 5)  # no workers: the main process loads
 
 
 def plan_spec() -> dict:
@@ -195,9 +196,9 @@ def test_the_plan_refuses_a_split_too_small_before_measuring(
     def measured(*args, **kwargs):
         raise AssertionError("measured before the splits were checked")
 
-    monkeypatch.setattr(P, "measure_model", measured)
-    monkeypatch.setattr(P, "measure_evaluation", measured)
-    monkeypatch.setattr(P, "compare_decoders", measured)
+    monkeypatch.setattr(M, "measure_model", measured)
+    monkeypatch.setattr(M, "measure_evaluation", measured)
+    monkeypatch.setattr(M, "compare_decoders", measured)
     argv = ["plan.py", "--spec", json.dumps(plan_spec()), "--device", "cpu", "--threads", "2"]
     argv += ["--train", str(csvs["train"]), "--test", str(csvs["test"])]
     monkeypatch.setattr(sys, "argv", [*argv, "--out-dir", str(tmp_path / "plan")])
