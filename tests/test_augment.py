@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from videos import write_pattern_mp4
 
 from k400ft import augment as A
+from k400ft import randaugment as R
 from k400ft import video as V
 
 # the fine-tune tests' data path without erasing (compared separately) and with 4 frames
@@ -49,7 +50,7 @@ PIL_OPS = {  # timm's pixel function of each RandAugment op of the 'inc1' set
     "TranslateYRel": AA.translate_y_rel,
 }
 GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
-PIL_KWARGS = {"fillcolor": A.FILL, "resample": Image.Resampling.BICUBIC}
+PIL_KWARGS = {"fillcolor": R.FILL, "resample": Image.Resampling.BICUBIC}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def op_arguments(name: str, magnitude: float, negate: bool) -> tuple:
     random.seed(0 if negate else 1)  # _randomly_negate: negate when random.random() > 0.5
     assert (random.random() > 0.5) == negate
     random.seed(0 if negate else 1)
-    return level_fn(magnitude, {"translate_const": 100, "img_mean": A.FILL})
+    return level_fn(magnitude, {"translate_const": 100, "img_mean": R.FILL})
 
 
 @pytest.mark.parametrize("name", sorted(PIL_OPS))
@@ -86,7 +87,7 @@ def test_each_tensor_op_matches_timms_pil_op(frames, name, magnitude):
     for clip in frames:
         for negate in (False, True):
             args = op_arguments(name, magnitude, negate)
-            ours = A.OPS[name](torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous(), *args)
+            ours = R.OPS[name](torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous(), *args)
             ours = ours.permute(0, 2, 3, 1).numpy().astype(int)
             theirs = np.stack(
                 [np.asarray(PIL_OPS[name](Image.fromarray(f), *args, **PIL_KWARGS)) for f in clip]
@@ -104,10 +105,10 @@ def test_one_axis_affine_ops_read_4_neighbours_and_equal_the_16_neighbour_cubic(
     reading only 4 of the 16 gives the same bits."""
     clip = torch.from_numpy(frames[1]).permute(0, 3, 1, 2).contiguous()
     for arg in (0.3, -0.27, 0.45):
-        matrix = A.MATRICES[name](arg, *clip.shape[-2:])
-        assert A.AXES[name] in ("x", "y")
-        one_axis = A.affine(clip, matrix, axes=A.AXES[name])
-        assert torch.equal(one_axis, A.affine(clip, matrix, axes="xy"))
+        matrix = R.MATRICES[name](arg, *clip.shape[-2:])
+        assert R.AXES[name] in ("x", "y")
+        one_axis = R.affine(clip, matrix, axes=R.AXES[name])
+        assert torch.equal(one_axis, R.affine(clip, matrix, axes="xy"))
 
 
 def test_per_frame_ops_use_each_frames_own_statistics(frames):
@@ -117,19 +118,19 @@ def test_per_frame_ops_use_each_frames_own_statistics(frames):
     clip[0] = clip[0] // 4
     x = torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()
     for name in ("AutoContrast", "Equalize"):
-        ours = A.OPS[name](x).permute(0, 2, 3, 1).numpy()
+        ours = R.OPS[name](x).permute(0, 2, 3, 1).numpy()
         for t, f in enumerate(clip):
             assert np.array_equal(ours[t], np.asarray(PIL_OPS[name](Image.fromarray(f))))
 
 
 def test_flat_and_two_level_frames_take_pils_identity_branches():
     flat = torch.full((2, 3, 8, 8), 77, dtype=torch.uint8)
-    assert torch.equal(A.auto_contrast(flat), flat) and torch.equal(A.equalize(flat), flat)
+    assert torch.equal(R.auto_contrast(flat), flat) and torch.equal(R.equalize(flat), flat)
     two = flat.clone()
     two[:, :, :4] = 200
     for name in ("AutoContrast", "Equalize"):
         theirs = np.asarray(PIL_OPS[name](Image.fromarray(two[0].permute(1, 2, 0).numpy())))
-        assert np.array_equal(A.OPS[name](two)[0].permute(1, 2, 0).numpy(), theirs)
+        assert np.array_equal(R.OPS[name](two)[0].permute(1, 2, 0).numpy(), theirs)
 
 
 # ---------------------------------------------------------------- the draws
@@ -170,7 +171,7 @@ def test_the_draws_have_rand_m7_n4_mstd0_5_inc1s_distribution():
     """Over many clips: 4 layers, each a uniform choice of the 15 ops with replacement, firing
     with p 0.5; magnitude N(7, 0.5) clipped to [0, 10]; signs 50/50."""
     sampler = A.rand_augment_sampler(
-        "rand-m7-n4-mstd0.5-inc1", {"translate_const": 100, "img_mean": A.FILL}
+        "rand-m7-n4-mstd0.5-inc1", {"translate_const": 100, "img_mean": R.FILL}
     )
     random.seed(1), np.random.seed(1)
     clips = 6000
