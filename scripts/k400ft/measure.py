@@ -224,9 +224,11 @@ def time_parts(trainer: Trainer, batches: Iterator, steps: int) -> dict[str, flo
         moved = feed.move(batch, device, on_device)
         synchronize(device)
         marks.append(time.perf_counter())
-        clips, labels = feed.make_clips(moved, trainer.augmenter)
-        synchronize(device)
+        if on_device:  # with augment_on workers there is nothing to time here
+            moved = feed.make_clips(moved, trainer.augmenter)
+            synchronize(device)
         marks.append(time.perf_counter())
+        clips, labels = moved
         trainer.step(clips, labels)
         synchronize(device)
         marks.append(time.perf_counter())

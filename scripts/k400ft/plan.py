@@ -275,8 +275,9 @@ def render_markdown(plan: dict) -> str:
         for name, f in parted.items():
             p = f["fed_parts"]
             compiled = f.get("compiled_clips_per_s")
+            augment = f"{p['augment_ms']:.1f}" if f["augment_on"] == "device" else "in the workers"
             lines.append(
-                f"| {name} | {p['wait_ms']:.1f} | {p['copy_ms']:.1f} | {p['augment_ms']:.1f} | "
+                f"| {name} | {p['wait_ms']:.1f} | {p['copy_ms']:.1f} | {augment} | "
                 f"{p['model_ms']:.1f} | {1e3 * f['fed_step_s']:.1f} | "
                 f"{100 * f['fed_clips_per_s'] / f['clips_per_s']:.0f}% | "
                 + (f"{compiled:.1f} |" if compiled else "- |")
