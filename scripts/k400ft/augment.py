@@ -456,7 +456,7 @@ class ClipAugmenter:
             if out is None:
                 out = part.new_empty((len(source), *part.shape[1:]))
             where = [i for i, v in enumerate(source) if v in videos]
-            out.index_copy_(0, torch.tensor(where, device=out.device), part)
+            out.index_copy_(0, torch.tensor(where).to(out.device, non_blocking=True), part)
         return out
 
     def crop_resize_flip(self, x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor):
