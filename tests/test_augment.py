@@ -23,12 +23,12 @@ from reference import ClipAugment
 from test_finetune import DATA as FINETUNE_DATA
 from timm.data import auto_augment as AA
 from timm.data.random_erasing import RandomErasing
-from torch.utils._python_dispatch import TorchDispatchMode
 from videos import write_pattern_mp4
 
 from k400ft import augment as A
 from k400ft import randaugment as R
 from k400ft import video as V
+from k400ft.measure import OpCounter
 
 # the fine-tune tests' data path without erasing (compared separately) and with 4 frames
 DATA = {**FINETUNE_DATA, "num_frames": 4, "augment": {**FINETUNE_DATA["augment"], "reprob": 0.0}}
@@ -341,19 +341,6 @@ def test_pad_frames_keeps_each_videos_pixels_and_size():
     assert same.shape == (2, 2, 36, 64, 3) and sizes.tolist() == [[36, 64]] * 2
 
 
-class CountOps(TorchDispatchMode):
-    """Counts the aten ops dispatched, and keeps their names and keyword arguments."""
-
-    def __init__(self):
-        super().__init__()
-        self.count, self.calls = 0, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        self.calls.append((func.overloadpacket.__name__, dict(kwargs or {})))
-        return func(*args, **(kwargs or {}))
-
-
 # ops that make the host wait for the device on CUDA (a value or a size read back)
 SYNCING = {"_local_scalar_dense", "bincount", "nonzero", "unique", "masked_select", "_unique2"}
 
@@ -365,7 +352,7 @@ def test_a_batch_reads_nothing_back_from_the_device():
     augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
     frames, params = every_op_batch(5, erase=True, frames=2)
     padded, sizes = A.pad_frames(frames)
-    with CountOps() as counter:
+    with OpCounter() as counter:
         augmenter.batch(padded, params, sizes, by_size=False)  # as on a GPU
     names = {name for name, _ in counter.calls}
     assert not names & SYNCING, names & SYNCING
@@ -382,12 +369,12 @@ def test_a_batch_dispatches_as_many_ops_for_96_clips_as_for_24():
     for clips in (24, 96):
         frames, params = every_op_batch(clips // 2, erase=True, frames=2)
         padded, sizes = A.pad_frames(frames)  # done by the loader's collate, in the workers
-        with CountOps() as counter:
+        with OpCounter() as counter:
             augmenter.batch(padded, params, sizes, by_size=False)
         counts[clips] = counter.count
     assert counts[96] <= 1.1 * counts[24], counts
     frames, params = every_op_batch(2, erase=True, frames=2)
-    with CountOps() as per_clip:
+    with OpCounter() as per_clip:
         [augmenter.clip(f, p) for f, ps in zip(frames, params, strict=True) for p in ps]
     assert per_clip.count > 2 * counts[24] / 24, "the per-clip path should cost more per clip"
 
