@@ -161,15 +161,19 @@ def test_a_label_outside_the_classes_names_the_file_and_line(tmp_path):
     assert len(video.read_split_csv(path, num_classes=13)) == 17
 
 
+def split_dataset(split: str, path):
+    """The dataset a stage opens for `split` (4 classes)."""
+    if split == "test":
+        return video.TestDataset(path, DATA, 5, 3, num_classes=4)
+    return video.TrainDataset(path, DATA, split, num_classes=4)
+
+
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_every_split_dataset_checks_its_labels_before_any_worker(tmp_path, split):
     path = write_csv(tmp_path / f"{split}.csv", [1, 2, 3, 0, 5])
     expected = rf"{split}.csv:5: label 5 is outside 0..3 \(num_classes 4\)"
     with pytest.raises(ValueError, match=expected):
-        if split == "test":
-            video.TestDataset(path, DATA, 5, 3, num_classes=4)
-        else:
-            video.TrainDataset(path, DATA, split, num_classes=4)
+        split_dataset(split, path)
 
 
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
@@ -178,10 +182,7 @@ def test_every_split_dataset_refuses_a_csv_without_videos(tmp_path, split):
     path = tmp_path / f"{split}.csv"
     path.write_text("\n\n")
     with pytest.raises(video.SplitCSVError) as err:
-        if split == "test":
-            video.TestDataset(path, DATA, 5, 3, num_classes=4)
-        else:
-            video.TrainDataset(path, DATA, split, num_classes=4)
+        split_dataset(split, path)
     assert str(err.value) == f"{path}: no videos (not one '<video path> <label>' line)"
 
 
