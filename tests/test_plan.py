@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_finetune import DATA, NUM_CLASSES, RECIPE, TINY_ARCH, tiny
+from test_finetune import DATA, NUM_CLASSES, RECIPE, TINY_ARCH, VAL_VIDEOS, tiny
 
 from k400ft import measure as M
 from k400ft import plan as P
@@ -158,7 +158,7 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
     assert parts["augment_ms"] > 0 and parts["model_ms"] > 0  # augment_on: device
     assert figures["import_s"] > 0 and model["projection"]["start_s"] > figures["import_s"]
     assert saved["sample"] == {"train_videos": 8, "test_videos": 3}
-    assert saved["launch"]["train_videos"] == 16 and saved["launch"]["test_videos"] == 4
+    assert saved["launch"]["train_videos"] == 16 and saved["launch"]["test_videos"] == VAL_VIDEOS
     assert model["projection"]["optimiser_steps"] == (16 // 4) * 3 and model["advice"]
     text = (tmp_path / "plan/cost.md").read_text()
     assert "| tiny_2d | 2 |" in text and "## What to do" in text
