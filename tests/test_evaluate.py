@@ -386,6 +386,35 @@ def test_two_processes_match_one_and_report_the_broken_video(tiny):
     assert not list((tiny / "out2").glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("problem", ["label", "empty"])
+def test_cli_refuses_a_bad_test_csv_with_exit_2_and_one_line(
+    tiny, tmp_path, monkeypatch, capsys, problem
+):
+    """scripts/evaluate.py on a test CSV with a label outside the classes, or without videos:
+    exit 2, one line naming the file (and the line), no traceback, nothing written."""
+    import runpy
+
+    rows = (tiny / "test.csv").read_text().splitlines(keepends=True)
+    bad = tmp_path / "test.csv"
+    if problem == "label":
+        path = rows[3].rsplit(" ", 1)[0]
+        bad.write_text("".join(rows[:3]) + f"{path} {K}\n")
+        expected = f"error: {bad}:4: label {K} is outside 0..{K - 1} (num_classes {K})"
+    else:
+        bad.write_text("\n")
+        expected = f"error: {bad}: no videos (not one '<video path> <label>' line)"
+    out = tmp_path / "out"
+    argv = ["evaluate.py", "--spec", json.dumps(eval_spec(ARCH_2D, "ours")), "--device", "cpu"]
+    argv += ["--test", str(bad), "--weights", str(tiny / "final.pt"), "--out-dir", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/evaluate.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(expected), err
+    assert not out.exists()
+
+
 def test_released_checkpoint_eval_only_path(tiny):
     """VideoMAE's released layout ({'module': ...}, 3d, with head) through weights_format
     'videomae_finetuned': the saved logits are the model's on the TestDataset views."""
