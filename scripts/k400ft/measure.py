@@ -204,9 +204,11 @@ def time_steps(
 def time_fed(trainer: Trainer, batches: Iterator, warmup: int, steps: int) -> dict:
     """The engine's fed loop (`feed.Feeder`: the next batch made on the device while this step
     runs; the loss read one step late), timed over `steps` steps after `warmup`: seconds per
-    step and the share of it spent waiting for the loader."""
+    step and the share of it spent waiting for the loader. Each timed step fetches the next
+    batch, the last one included (one batch past the window), so the window holds `steps`
+    waits, not `steps` - 1."""
     device = trainer.device
-    feeder = feed.Feeder(batches, trainer.prepare, device, warmup + steps)
+    feeder = feed.Feeder(batches, trainer.prepare, device, warmup + steps + 1)
     pending, start = None, time.perf_counter()
     for index in range(warmup + steps):
         if index == warmup:
