@@ -283,14 +283,15 @@ def lr_scale(name: str, depth: int) -> float:
 
 def mix_batch(
     clips: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Mixup 0.8 / CutMix 1.0, prob 1.0, switch prob 0.5, mode batch, smoothing 0.1 (REFERENCE
     §2), with the draws timm's Mixup (which upstream uses) makes from numpy's global stream:
     the prob draw, the switch draw, lambda ~ Beta(alpha, alpha), then for CutMix the box
     centre (row, column). Each clip [B, C, T, H, W] is mixed with its mirror in the batch
     (clip B - 1 - b); CutMix pastes the mirror's box of (H, W) into every frame and channel
     and corrects lambda to the pasted area. Targets: smoothed one-hots (off = 0.1 / K, on =
-    1 - 0.1 + off) mixed with the same lambda. Returns (mixed clips, targets [B, K])."""
+    1 - 0.1 + off) mixed with the same lambda. Returns (mixed clips, targets [B, K], whether
+    it was CutMix)."""
     assert np.random.rand() < MIX_PROB
     cutmix = np.random.rand() < SWITCH_PROB
     alpha = CUTMIX_ALPHA if cutmix else MIXUP_ALPHA
@@ -310,7 +311,7 @@ def mix_batch(
     off = SMOOTHING / num_classes
     smoothed = torch.full((len(labels), num_classes), off)
     smoothed[torch.arange(len(labels)), labels] = 1 - SMOOTHING + off
-    return mixed, smoothed * lam + smoothed.flip(0) * (1 - lam)
+    return mixed, smoothed * lam + smoothed.flip(0) * (1 - lam), cutmix
 
 
 def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,7 @@ def test_two_engine_steps_are_the_reference_adamw_steps(tiny, global_rngs, patch
     assert {tuple(b[0].shape) for b in batches} == {(4, 3, 8, 32, 32)}  # 2 videos x 2 clips
     net = trainer.net
     start = copy.deepcopy(net.state_dict())
+    np.random.seed(4)  # Mixup, CutMix, Mixup, CutMix (the engine's seed 0 draws Mixup 4 times)
     streams = torch.get_rng_state(), np.random.get_state()
 
     net.train()
@@ -106,13 +107,14 @@ def test_two_engine_steps_are_the_reference_adamw_steps(tiny, global_rngs, patch
     reference.load_state_dict(start)
     params = dict(reference.named_parameters())
     moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in params.items()}
-    micro_batches = iter(batches)
+    micro_batches, cutmix = iter(batches), []
     for step, lr in enumerate(LRS, start=1):
         grads = {n: torch.zeros_like(p) for n, p in params.items()}
         step_loss = 0.0
         for _ in range(plan.accumulation):
             clips, labels = next(micro_batches)[:2]
-            mixed, targets = mix_batch(clips.clone(), labels, classes)
+            mixed, targets, was_cutmix = mix_batch(clips.clone(), labels, classes)
+            cutmix.append(was_cutmix)
             loss = soft_target_loss(reference(mixed), targets)
             for name, grad in zip(
                 params, torch.autograd.grad(loss, list(params.values())), strict=True
@@ -123,6 +125,7 @@ def test_two_engine_steps_are_the_reference_adamw_steps(tiny, global_rngs, patch
             adamw_step(params, grads, moments, step, lr, depth)
         assert losses[step - 1] == pytest.approx(step_loss, rel=1e-6)
 
+    assert cutmix == [False, True, False, True]  # both kinds in each step
     groups = trainer.optimizer.param_groups
     assert {(tuple(g["betas"]), g["eps"]) for g in groups} == {(BETAS, EPS)}
     engine_state = trainer.optimizer.state
