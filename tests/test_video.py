@@ -10,7 +10,14 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from reference import ClipAugment, apply_same_draw, naive_test_view, upstream_crop_box
+from reference import (
+    ClipAugment,
+    apply_same_draw,
+    naive_test_view,
+    tensor_normalize,
+    upstream_crop_box,
+    upstream_resize,
+)
 from torchvision.transforms import RandomResizedCrop
 from videos import frame_number, frame_pattern, write_mp4, write_pattern_mp4
 
@@ -389,11 +396,9 @@ def test_test_views_skip_resize_when_short_side_fits(tmp_path):
     views = V.TestDataset(_csv(tmp_path, [(str(path), 0)]), DATA, 5, 3)[0]["views"]
     raw = torch.from_numpy(V.open_video(str(path)).get_batch(list(range(0, 20, 4))).asnumpy())
     last = views[-1]  # segment 4, crop 2: frames 0..16 step 4 padded, columns 8..39
-    expected = V.normalize(
-        raw[:, :, 8:40].permute(0, 3, 1, 2), torch.tensor(DATA["mean"]), torch.tensor(DATA["std"])
-    )
-    assert torch.equal(last[:, :5], expected)
-    assert torch.equal(last[:, 5:], expected[:, -1:].expand(-1, 11, -1, -1))
+    expected = tensor_normalize(raw[:, :, 8:40], DATA["mean"], DATA["std"]).permute(3, 0, 1, 2)
+    torch.testing.assert_close(last[:, :5], expected, rtol=0, atol=1e-6)  # float rounding
+    assert torch.equal(last[:, 5:], last[:, 4:5].expand(-1, 11, -1, -1))
 
 
 def test_broken_test_video_is_reported_not_raised(clips, tmp_path):
@@ -465,10 +470,11 @@ def test_validation_view_is_centre_crop_of_random_window(clips, tmp_path):
     with V.item_rngs(0, 0, 0) as rng:
         indices = V.train_frame_indices(70, rng)
     frames = torch.from_numpy(V.read_frames(V.open_video(clips["wide"]), indices))
-    resized = V.resize_short_side(frames.permute(0, 3, 1, 2), 32)  # 48 x 64 -> 32 x 42
-    assert resized.shape[-2:] == (32, 42)
-    expected = V.normalize(resized[:, :, :, 5:37], dataset.mean, dataset.std)  # round(5.0)
-    assert torch.equal(clip[0], expected)
+    resized = upstream_resize(frames.numpy(), 32)  # 48 x 64 -> 32 x 42
+    assert resized.shape[1:3] == (32, 42)
+    centre = resized[:, :, 5:37]  # round((42 - 32) / 2) = 5
+    expected = tensor_normalize(torch.from_numpy(centre), DATA["mean"], DATA["std"])
+    torch.testing.assert_close(clip[0], expected.permute(3, 0, 1, 2), rtol=0, atol=1e-6)
 
 
 def test_broken_train_video_replaced_by_next_and_bounded(clips, tmp_path):
