@@ -56,6 +56,20 @@ def relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
+def assert_weights_agree(got: dict, want: dict, bound: float) -> None:
+    """Each weight equal to 1e-7 plus 2 float32 steps of its value, except where AdamW's update
+    flipped sign: float rounding can leave a gradient element on either side of 0, and that
+    element's update is +-lr however small the gradient. At most 1 element in 10,000 (and at
+    least 1 allowed) may differ, each by at most `bound` (2 x the lr summed over the steps)."""
+    off, total = 0, 0
+    for name, value in want.items():
+        diff = (got[name] - value).abs()
+        off += int((diff > 1e-7 + 2.5e-7 * value.abs()).sum())
+        total += value.numel()
+        assert float(diff.max()) <= bound, (name, float(diff.max()))
+    assert off <= max(1, total // 10_000), f"{off} of {total} weights differ"
+
+
 def clone(batch: tuple) -> tuple:
     return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in batch)
 
@@ -71,9 +85,9 @@ def test_two_engine_steps_are_the_reference_adamw_steps(tiny, global_rngs, patch
     0.75^(depth + 1 - layer id) (layer 0: cls_token, pos_embed, patch_embed; i + 1: block i;
     depth + 1: fc_norm, head). Drop path draws from torch's stream, replayed. Stated tolerance,
     for float rounding only (measured: 3e-7, 4e-7 and 1 float32 step): AdamW's moments
-    (the gradients) to 1e-5 of each tensor's largest value, the weights to 1e-7 plus 2 float32
-    steps of their value (a step moves a weight by up to its lr: 2e-3 x 0.75^3 = 8e-4 here and
-    more); the step's loss to 1e-6."""
+    (the gradients) to 1e-5 of each tensor's largest value; the weights to 1e-7 plus 2 float32
+    steps of their value, all but 1 in 10,000 (`assert_weights_agree`; a step moves a weight
+    by up to its lr: 2e-3 x 0.75^3 = 8e-4 here and more); the step's loss to 1e-6."""
     root, spec = tiny
     spec = copy.deepcopy(spec)
     spec["arch"] = {**TINY_ARCH, "patchify": patchify}
@@ -133,7 +147,9 @@ def test_two_engine_steps_are_the_reference_adamw_steps(tiny, global_rngs, patch
         m, v = moments[name]
         assert relative(engine_state[param]["exp_avg"], m) < 1e-5, name
         assert relative(engine_state[param]["exp_avg_sq"], v) < 1e-5, name
-        torch.testing.assert_close(param.detach(), params[name].detach(), rtol=2.5e-7, atol=1e-7)
+    weights = {name: param.detach() for name, param in net.named_parameters()}
+    assert_weights_agree(weights, {n: p.detach() for n, p in params.items()}, 2 * sum(LRS))
+    for name, param in net.named_parameters():
         moved = (param.detach() - start[name]).abs().max()
         assert moved > 0.1 * LRS[1] * lr_scale(name, depth), name  # every group moved
     assert any(decays(n, p) for n, p in params.items()) and not all(
@@ -173,9 +189,10 @@ def test_one_process_and_two_and_accumulation_1_and_2_agree(three_runs):
     """Global batch 4 as 2 x 1 process x accumulation 2, 2 x 2 processes, 4 x 1 process: each
     optimiser step sees the same 4 videos (8 clips) and the mean of their losses, so the runs
     differ by float rounding only (the order of the sums). Stated tolerance (measured: 4e-9,
-    9e-7 and 1e-8): the weights to 1e-7 plus 2 float32 steps of their value (the 4 steps at
-    lr 1.6e-5 move them by up to 6e-5), AdamW's moments (the gradients) to 1e-5 of each
-    tensor's largest value, the epoch's train and validation loss to 1e-6 relative, the
+    9e-7 and 1e-8; once, under heavy load, more in the stem's weights): the weights to 1e-7
+    plus 2 float32 steps of their value, all but 1 in 10,000 (`assert_weights_agree`; the 4
+    steps at lr 1.6e-5 move them by up to 6e-5), AdamW's moments (the gradients) to 1e-5 of
+    each tensor's largest value, the epoch's train and validation loss to 1e-6 relative, the
     validation Top-1 / Top-5 equal."""
     base = three_runs["acc2"]
     assert [three_runs[n]["plan"]["accumulation"] for n in ("acc2", "ddp", "acc1")] == [2, 1, 1]
@@ -183,8 +200,7 @@ def test_one_process_and_two_and_accumulation_1_and_2_agree(three_runs):
     reference_moments = base["state"]["optimizer"]["state"]
     for name in ("ddp", "acc1"):
         other = three_runs[name]
-        for key, value in base["model"].items():
-            torch.testing.assert_close(other["model"][key], value, rtol=2.5e-7, atol=1e-7, msg=key)
+        assert_weights_agree(other["model"], base["model"], 2 * 4 * 1e-3 * 4 / 256)
         moments = other["state"]["optimizer"]["state"]
         assert moments.keys() == reference_moments.keys()
         for index, entry in reference_moments.items():
