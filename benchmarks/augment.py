@@ -12,7 +12,7 @@ crop, flip, erasing p 0.25) from seeded item RNGs, it measures, median of `--rep
   the device (the loader's copy is not part of it);
 - the batched path on the batch padded to its largest frame (what the engine does on a GPU)
   against one call per frame size (`by_size`, what it does on a CPU: no padding);
-- aten ops dispatched per batch by each (`measure.OpCounter`), for every `--videos` value.
+- aten ops dispatched per batch by each (`traffic.OpCounter`), for every `--videos` value.
 The first call is a warm-up. On CUDA each call is waited for (wall time); on the CPU the figure
 is this process's CPU time, with OMP_NUM_THREADS=1 one core's.
 """
@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from k400ft import augment, measure, video  # noqa: E402
+from k400ft import augment, traffic, video  # noqa: E402
 
 
 def make_batch(data_cfg: dict, videos: int, frames: int, sizes: list[tuple[int, int]], device):
@@ -71,7 +71,7 @@ def timed(function, device: torch.device, repeats: int) -> float:
 
 
 def count(function) -> int:
-    with measure.OpCounter() as counter:
+    with traffic.OpCounter() as counter:
         function()
     return counter.count
 

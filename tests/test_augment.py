@@ -26,9 +26,10 @@ from timm.data.random_erasing import RandomErasing
 from videos import write_pattern_mp4
 
 from k400ft import augment as A
+from k400ft import clipbatch as C
 from k400ft import randaugment as R
 from k400ft import video as V
-from k400ft.measure import OpCounter
+from k400ft.traffic import OpCounter
 
 # the fine-tune tests' data path without erasing (compared separately) and with 4 frames
 DATA = {**FINETUNE_DATA, "num_frames": 4, "augment": {**FINETUNE_DATA["augment"], "reprob": 0.0}}
@@ -273,7 +274,7 @@ def test_erasing_replaces_the_same_box_as_the_pil_path(frames):
 SIZES = ((36, 64), (64, 48), (40, 40), (36, 64), (48, 30))  # K400 mixes aspects in a batch
 
 
-def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
+def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3, sizes=SIZES):
     """`videos` videos of the mixed SIZES, 2 clips each, whose 4 RandAugment layers hold every
     one of the 15 ops (each layer: the ops in turn, shifted, with timm's arguments at random
     magnitudes and signs), random crop boxes (upsampled and downsampled), flips and, with
@@ -282,7 +283,7 @@ def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
     names = sorted(PIL_OPS)
     clips, videos_frames, params = 0, [], []
     for v in range(videos):
-        h, w = SIZES[v % len(SIZES)]
+        h, w = sizes[v % len(sizes)]
         videos_frames.append(torch.randint(0, 256, (frames, h, w, 3), dtype=torch.uint8))
         video_params = []
         for _ in range(2):
@@ -312,14 +313,16 @@ def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
     return videos_frames, params
 
 
-@pytest.mark.parametrize("by_size", [False, True], ids=["padded", "by size"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("by_size", [False, True], ids=["by orientation", "by size"])
 @pytest.mark.parametrize("erase", [False, True], ids=["erase off", "erase on"])
-def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase, by_size):
-    """Mixed frame sizes (padded to the largest), every one of the 15 ops in every layer:
-    the batch equals each clip made alone by the per-clip torch ops, bit for bit (the same
-    arithmetic: ops on padded frames see each clip's own pixels; the crop + resize is
-    F.interpolate's CPU arithmetic; erasing noise is a function of the clip's seed)."""
-    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
+def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase, by_size, compiled):
+    """Mixed frame sizes (each orientation group padded to its largest), every one of the 15
+    ops in every layer: the batch equals each clip made alone by the per-clip torch ops, bit
+    for bit, eager and compiled (the same arithmetic: ops on padded frames see each clip's own
+    pixels; the crop + resize is F.interpolate's CPU arithmetic; erasing noise is a function of
+    the clip's seed; the compiled kernels keep eager's rounding)."""
+    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False, compiled=compiled)
     frames, params = every_op_batch(5, erase)
     assert {op for ps in params for p in ps for op, _ in p.ops} == set(PIL_OPS)
     clips = augmenter.batch(frames, params, by_size=by_size)
@@ -327,8 +330,25 @@ def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase, by_size):
     alone = torch.stack([augmenter.clip(f, p) for f, ps in pairs for p in ps])
     assert clips.shape == (10, 3, 3, 32, 32) and clips.is_contiguous()
     assert torch.equal(clips, alone)
-    padded, sizes = A.pad_frames(frames)  # as the loader's collate delivers them
+    groups, sizes = A.group_frames(frames)  # as the loader's collate delivers them
+    assert torch.equal(augmenter.batch(groups, params, sizes, by_size=by_size), clips)
+    padded, sizes = A.pad_frames(frames)  # one tensor padded to the batch's largest frame
     assert torch.equal(augmenter.batch(padded, params, sizes, by_size=by_size), clips)
+
+
+def test_group_frames_pads_each_orientation_apart():
+    frames = [torch.randint(1, 256, (2, h, w, 3), dtype=torch.uint8) for h, w in SIZES]
+    groups, sizes = A.group_frames(frames)
+    assert sizes.tolist() == [list(s) for s in SIZES]
+    assert C.size_groups(sizes.tolist(), exact=False) == [[0, 2, 3], [1, 4]]
+    assert C.size_groups(sizes.tolist(), exact=True) == [[0, 3], [1], [2], [4]]
+    assert [tuple(g.shape) for g in groups] == [(3, 2, 40, 64, 3), (2, 2, 64, 48, 3)]
+    for group, videos in zip(groups, ([0, 2, 3], [1, 4]), strict=True):
+        for padded, v in zip(group, videos, strict=True):
+            h, w = SIZES[v]
+            assert torch.equal(padded[:, :h, :w], frames[v]) and int(padded.sum()) == int(
+                frames[v].long().sum()
+            )
 
 
 def test_pad_frames_keeps_each_videos_pixels_and_size():
@@ -348,29 +368,29 @@ SYNCING = {"_local_scalar_dense", "bincount", "nonzero", "unique", "masked_selec
 def test_a_batch_reads_nothing_back_from_the_device():
     """No op of the batch path needs a device value on the host (on CUDA each would stop the
     host from queueing work ahead): no item, bincount, nonzero, unique, masked_select; the
-    erasing's repeat_interleave is told its output size."""
+    erasing's counters come from a size the host knows."""
     augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
     frames, params = every_op_batch(5, erase=True, frames=2)
-    padded, sizes = A.pad_frames(frames)
+    groups, sizes = A.group_frames(frames)
     with OpCounter() as counter:
-        augmenter.batch(padded, params, sizes, by_size=False)  # as on a GPU
+        augmenter.batch(groups, params, sizes, by_size=False)  # as on a GPU
     names = {name for name, _ in counter.calls}
     assert not names & SYNCING, names & SYNCING
-    repeats = [kwargs for name, kwargs in counter.calls if name == "repeat_interleave"]
-    assert repeats and all(kwargs.get("output_size") for kwargs in repeats)
+    assert "searchsorted" in names and "repeat_interleave" not in names
 
 
 def test_a_batch_dispatches_as_many_ops_for_96_clips_as_for_24():
-    """The batch's work is a fixed number of operations, whatever the number of clips: each op
-    (group) of each layer once, one crop-resize gather, one normalisation, one erasing scatter.
-    (The per-clip path dispatches ~4x more for 4x the clips.) The padded batch, as on a GPU."""
+    """The batch's work is a fixed number of operations, whatever the number of clips: per
+    layer one gather and each op kind once, one crop-resize gather, one erasing scatter. (The
+    per-clip path dispatches ~4x more for 4x the clips.) One orientation, as on a GPU."""
     augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
     counts = {}
     for clips in (24, 96):
-        frames, params = every_op_batch(clips // 2, erase=True, frames=2)
-        padded, sizes = A.pad_frames(frames)  # done by the loader's collate, in the workers
+        frames, params = every_op_batch(clips // 2, erase=True, frames=2, sizes=SIZES[2:4])
+        groups, sizes = A.group_frames(frames)  # done by the loader's collate, in the workers
+        assert len(groups) == 1
         with OpCounter() as counter:
-            augmenter.batch(padded, params, sizes, by_size=False)
+            augmenter.batch(groups, params, sizes, by_size=False)
         counts[clips] = counter.count
     assert counts[96] <= 1.1 * counts[24], counts
     frames, params = every_op_batch(2, erase=True, frames=2)

@@ -125,14 +125,15 @@ class Finetune:
         self.train_set = video.TrainDataset(
             train_csv, data, "train", seed=seed, num_classes=classes, apply_augment=not on_device
         )
-        # augment_on device: the workers draw the parameters, the clips are made here
-        self.augmenter = augment.ClipAugmenter(data) if on_device else None
         self.val_set = video.TrainDataset(
             val_csv, data, "validation", seed=seed, num_classes=classes
         )
         self.plan = schedule.make_plan(
             spec, info.world_size, len(self.train_set), len(self.val_set), self.device
         )
+        # augment_on device: the workers draw the parameters, the clips are made here
+        compiled = self.plan.augment_compile
+        self.augmenter = augment.ClipAugmenter(data, compiled=compiled) if on_device else None
         self.identity = lifecycle.run_identity(
             spec, {"train": train_csv, "val": val_csv, "pretrained": pretrained}
         )

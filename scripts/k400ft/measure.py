@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from k400ft import augment, components, decoders, evaluate, feed, schedule, video
@@ -51,20 +50,6 @@ ROUNDS = 3  # a fed rate is timed over at least this many batches of every worke
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched inside it (on a GPU each is a kernel launch or a copy)
-    and keeps their names and keyword arguments: `with OpCounter() as ops: ...`."""
-
-    def __init__(self):
-        super().__init__()
-        self.count, self.calls = 0, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        self.calls.append((func.overloadpacket.__name__, dict(kwargs or {})))
-        return func(*args, **(kwargs or {}))
 
 
 def model_flops(arch: dict, num_classes: int) -> tuple[float, float]:
@@ -138,7 +123,10 @@ class Trainer:
         self.criterion = components.make_criterion(self.recipe, self.mixup)
         placement = schedule.augment_placement(spec["data"].get("augment_on", "auto"), device)
         self.augment_on = placement
-        self.augmenter = augment.ClipAugmenter(spec["data"]) if placement == "device" else None
+        compiled = schedule.augment_compile(spec["data"].get("augment_compile", "auto"), device)
+        self.augmenter = (
+            augment.ClipAugmenter(spec["data"], compiled=compiled) if placement == "device" else None
+        )
 
     def clips(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Synthetic clips and labels, made on the device: "model alone" copies nothing."""
