@@ -272,9 +272,8 @@ def normalize(
 ) -> torch.Tensor:
     """[T, 3, H, W] (uint8, or float on the 0..255 scale) -> [3, T, H, W] float32 (into `out`
     if given): x * 1 / (255 std) - mean / std, which is upstream's ToTensor + Normalize,
-    (x / 255 - mean) / std, up to float rounding (< 1e-6). The product and the sum are each
-    rounded to float32, as in a train clip (`clipbatch.normalise`: eager and compiled kernels
-    agree only so)."""
+    (x / 255 - mean) / std, up to float rounding (< 1e-6); product and sum each rounded, as
+    `clipbatch.normalise` does."""
     scale, shift = _scale_shift(mean, std)
     source = frames.transpose(0, 1)
     if out is None:
@@ -574,13 +573,9 @@ def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]):
 
 
 def train_collate_frames(batch: list[tuple]):
-    """Items of a TrainDataset(apply_augment=False) -> (frames: one tensor [V_g, T, H, W, 3]
-    uint8 per orientation group of the batch's videos, each padded to its group's largest
-    frame, sizes [B, 2] (each video's h, w), params [each video's list of ClipParams], labels
-    [B*num_sample], index [B*num_sample]), for `augment.ClipAugmenter.batch` on the training
-    device: the padding is done here, in the workers, and only within an orientation
-    (`augment.group_frames`), so the batch crosses to the device in few copies and no pixel
-    of padding across orientations is copied or augmented."""
+    """TrainDataset(apply_augment=False) items -> (frames per orientation group, padded to its
+    largest (`augment.group_frames`), sizes [B, 2], params [each video's ClipParams], labels
+    and index [B*num_sample]), for `augment.ClipAugmenter.batch` on the training device."""
     frames, params, labels, index = zip(*batch, strict=False)
     counts = torch.tensor([len(p) for p in params])
     frames, sizes = augment.group_frames(frames)
