@@ -29,7 +29,9 @@ from k400ft import augment as A
 from k400ft import clipbatch as C
 from k400ft import randaugment as R
 from k400ft import video as V
-from k400ft.traffic import OpCounter
+from k400ft.traffic import OpCounter, Traffic, install_kernel_counting
+
+install_kernel_counting()  # before anything is compiled in this process: kernels are counted
 
 # the fine-tune tests' data path without erasing (compared separately) and with 4 frames
 DATA = {**FINETUNE_DATA, "num_frames": 4, "augment": {**FINETUNE_DATA["augment"], "reprob": 0.0}}
@@ -432,3 +434,112 @@ def test_a_batch_of_videos_of_different_sizes():
     assert clips.shape == (4, 3, 4, 32, 32) and clips.dtype == torch.float32
     torch_ops = A.ClipAugmenter(DATA, pil_on_cpu=False)
     assert torch.equal(clips[2], torch_ops.clip(frames[1], params[1][0]))
+
+
+# ---------------------------------------------------------------- compiled: graphs, bytes, FMA
+
+
+def random_batch(rng: random.Random, erase: bool = True):
+    """1-7 videos of random sizes (both orientations, squares), 2-3 frames, 1-2 clips each
+    with 0-4 random RandAugment ops (any of the 15, timm's arguments), random crops, flips and
+    erasing: what a compiled batch must serve without compiling again."""
+    names = sorted(PIL_OPS)
+    frames, params = [], []
+    count = rng.randint(2, 3)
+    for _ in range(rng.randint(1, 7)):
+        h, w = rng.randint(8, 40), rng.randint(8, 40)
+        frames.append(torch.randint(0, 256, (count, h, w, 3), dtype=torch.uint8))
+        video_params = []
+        for _ in range(rng.randint(1, 2)):
+            ops = tuple(
+                (name, op_arguments(name, rng.uniform(0, 10), rng.random() < 0.5))
+                for name in rng.choices(names, k=rng.randint(0, 4))
+            )
+            bh, bw = rng.randint(1, h), rng.randint(1, w)
+            box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
+            erased = (
+                rng.randint(0, 20),
+                rng.randint(0, 20),
+                rng.randint(1, 12),
+                rng.randint(1, 12),
+            )
+            flip, erased = rng.random() < 0.5, erased if erase and rng.random() < 0.3 else None
+            video_params.append(A.ClipParams(ops, box, flip, erased, rng.randrange(2**62)))
+        params.append(video_params)
+    return frames, params
+
+
+def test_compiled_batches_compile_a_bounded_number_of_graphs():
+    """200 random batches (random clip counts per op kind, frame sizes, orientations, frame
+    counts, every op, erasing), grouped by size or by orientation: at most one graph per op
+    kind, the crop's and the erasing's (sizes are unbacked, storage offsets never 0 or 1), all
+    compiled in the first batches; every tenth batch equals the eager batch."""
+    compiled = A.ClipAugmenter(DATA, pil_on_cpu=False, compiled=True)
+    eager = A.ClipAugmenter(DATA, pil_on_cpu=False)
+    rng = random.Random(7)
+    start = C.compile_stats()["graphs"]
+    graphs = []
+    for number in range(200):
+        frames, params = random_batch(rng)
+        by_size = number % 2 == 0
+        clips = compiled.batch(frames, params, by_size=by_size)
+        graphs.append(C.compile_stats()["graphs"] - start)
+        if number % 10 == 0:
+            assert torch.equal(clips, eager.batch(frames, params, by_size=by_size)), number
+    assert graphs[-1] <= len(C.KINDS) + 2, graphs[-1]
+    assert graphs[-1] == graphs[30], (graphs[30], graphs[-1])
+
+
+def test_the_compiled_batch_reads_and_writes_little_more_than_its_pixels():
+    """Bytes read and written (k400ft.traffic: eager ops by their tensors, compiled kernels
+    by their arguments) for a batch of K400-shaped videos, real draws: the compiled batch moves
+    at most 12x the bytes of the clips' frames plus the float32 clips out (at K400 sizes
+    3.7 GB for 24 clips, 9x: benchmarks/augment.py), at least 10x less than the eager ops."""
+    sampler = A.ClipSampler(DATA)
+    frames, params = [], []
+    for number, (h, w) in enumerate([(64, 112), (64, 84), (84, 64)] * 2):
+        frames.append(torch.randint(0, 256, (4, h, w, 3), dtype=torch.uint8))
+        with V.item_rngs(0, 0, number):
+            params.append([sampler.draw(h, w) for _ in range(2)])
+    groups, sizes = A.group_frames(frames)
+    counted = {}
+    for compiled in (False, True):
+        augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False, compiled=compiled)
+        augmenter.batch(groups, params, sizes, by_size=False)  # compiles
+        with Traffic() as traffic:
+            out = augmenter.batch(groups, params, sizes, by_size=False)
+        counted[compiled] = traffic
+    pixels = sum(2 * f.numel() for f in frames) + out.numel() * out.element_size()
+    assert sum(n for place, n in counted[True].ops.items() if place.startswith("compiled")) > 9
+    assert counted[True].total <= 12 * pixels, counted[True].bytes
+    assert counted[False].total >= 10 * counted[True].total
+
+
+CONTRACTED = {**C.OPTIONS, "cpp.enable_floating_point_contract_flag": "fast"}
+
+
+def test_fused_multiply_add_contraction_moves_at_most_one_level(frames):
+    """What a kernel that contracts a x b + c into one rounding (a GPU compiler may; ours are
+    compiled without, `clipbatch.OPTIONS`) would change, measured on this CPU with contraction
+    forced: the float32 kinds (rotation's bicubic, the blends) at most 1 level on at most 0.1%
+    of the values, the crop and normalisation one unit in the last place (README)."""
+    clip = torch.from_numpy(np.concatenate(frames[1:] * 2)).permute(0, 3, 1, 2)
+    x = clip.unsqueeze(0).expand(4, -1, -1, -1, -1).contiguous()
+    h, w = x.shape[-2:]
+    sizes = torch.tensor([[h, w]] * 4)
+    matrices = torch.tensor(
+        [R.rotation_matrix(d, h, w) for d in (7.3, -13.1, 21.7, -2.2)], dtype=torch.float64
+    )
+    factors = torch.tensor([0.37, 1.61, 1.23, 0.71], dtype=torch.float64)
+    for kind, arg in ((C.affine_xy, matrices), (C.colour, factors)):
+        eager, fused = x.clone(), x.clone()
+        kind(eager, arg, sizes)
+        torch.compile(kind, dynamic=True, options=CONTRACTED)(fused, arg, sizes)
+        diff = (eager.int() - fused.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() <= 0.001, kind.__name__
+    boxes = torch.tensor([[3, 5, 60, 100], [0, 0, h, w], [10, 20, 30, 40], [1, 2, 50, 90]])
+    finish = (x, torch.arange(4), boxes, torch.tensor([0, 1, 1, 0]), *A.ClipAugmenter(DATA).affine)
+    eager = C.crop_finish(*finish, 32)
+    fused = torch.compile(C.crop_finish, dynamic=True, options=CONTRACTED)(*finish, 32)
+    assert not torch.equal(eager, fused), "contraction forced but nothing changed"
+    assert torch.allclose(eager, fused, rtol=2**-23, atol=2**-22)

@@ -174,12 +174,19 @@ def lut_tables(ops: Sequence[tuple[str, tuple]]) -> torch.Tensor:
 
 def to_device(pieces: dict[str, list], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
     """Host lists of numbers (any nesting, rectangular) -> tensors of `dtype` on `device`, in
-    one host-to-device copy."""
+    one host-to-device copy. Each tensor is a view at storage offset SPARE or more (`SPARE`)."""
     kind = torch.empty(0, dtype=dtype).numpy().dtype
     arrays = {key: np.asarray(value, dtype=kind) for key, value in pieces.items()}
-    flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays.values()]))
-    parts = flat.to(device, non_blocking=True).split([a.size for a in arrays.values()])
+    flat = np.concatenate([np.zeros(SPARE, kind)] + [a.reshape(-1) for a in arrays.values()])
+    sizes = [SPARE] + [a.size for a in arrays.values()]
+    parts = torch.from_numpy(flat).to(device, non_blocking=True).split(sizes)[1:]
     return {key: p.view(a.shape) for (key, a), p in zip(arrays.items(), parts, strict=True)}
+
+
+# A compiled graph specialises on a tensor's storage offset being 0 or 1 (as on a size): every
+# tensor a compiled kind gets is a view at an offset of SPARE elements or more, so one graph per
+# kind serves every batch (the group's clips follow a spare clip that nothing reads).
+SPARE = 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,13 +451,17 @@ class _Group:
         device = frames.device
         ints = to_device(ints, torch.int64, device)
         floats = to_device(floats, torch.float64, device) if floats else {}
-        tables = tables.to(device, non_blocking=True)
+        tables = torch.cat([tables.new_zeros(1, 256), tables]).to(device, non_blocking=True)
         call = _compiled_call if fused else _call
-        x = frames.permute(0, 1, 4, 2, 3).index_select(0, ints["first"])
-        used = 0
+        shape = (1 + len(self.params), frames.shape[1], 3, *frames.shape[2:4])
+        x = torch.index_select(
+            frames.permute(0, 1, 4, 2, 3), 0, ints["first"], out=frames.new_empty(shape)[1:]
+        )
+        spare = frames.new_empty(shape)[1:] if len(self.layers) > 1 else None
+        used = 1
         for k, layer in enumerate(self.layers):
-            if k:
-                x = x.index_select(0, ints[f"gather{k}"])
+            if k:  # this layer's order, into the other buffer
+                x, spare = torch.index_select(x, 0, ints[f"gather{k}"], out=spare), x
             for r, run in enumerate(layer.runs):
                 if run.kind == "lut":
                     arg = tables[used : used + run.stop - run.start]
