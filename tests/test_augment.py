@@ -276,6 +276,14 @@ def test_erasing_replaces_the_same_box_as_the_pil_path(frames):
 SIZES = ((36, 64), (64, 48), (40, 40), (36, 64), (48, 30))  # K400 mixes aspects in a batch
 
 
+def drawn_boxes(rng: random.Random, h: int, w: int, least: int) -> tuple[tuple, tuple]:
+    """A random crop box in an h x w frame (sides of at least `least`), and a random erasing
+    box on the 32 px clip."""
+    bh, bw = rng.randint(least, h), rng.randint(least, w)
+    box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
+    return box, (rng.randint(0, 20), rng.randint(0, 20), rng.randint(1, 12), rng.randint(1, 12))
+
+
 def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3, sizes=SIZES):
     """`videos` videos of the mixed SIZES, 2 clips each, whose 4 RandAugment layers hold every
     one of the 15 ops (each layer: the ops in turn, shifted, with timm's arguments at random
@@ -293,14 +301,7 @@ def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3, siz
                 (name, op_arguments(name, rng.uniform(1, 10), rng.random() < 0.5))
                 for name in (names[(clips + 4 * layer) % 15] for layer in range(4))
             )
-            bh, bw = rng.randint(4, h), rng.randint(4, w)
-            box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
-            erased = (
-                rng.randint(0, 20),
-                rng.randint(0, 20),
-                rng.randint(1, 12),
-                rng.randint(1, 12),
-            )
+            box, erased = drawn_boxes(rng, h, w, 4)
             video_params.append(
                 A.ClipParams(
                     ops,
@@ -455,14 +456,7 @@ def random_batch(rng: random.Random, erase: bool = True):
                 (name, op_arguments(name, rng.uniform(0, 10), rng.random() < 0.5))
                 for name in rng.choices(names, k=rng.randint(0, 4))
             )
-            bh, bw = rng.randint(1, h), rng.randint(1, w)
-            box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
-            erased = (
-                rng.randint(0, 20),
-                rng.randint(0, 20),
-                rng.randint(1, 12),
-                rng.randint(1, 12),
-            )
+            box, erased = drawn_boxes(rng, h, w, 1)
             flip, erased = rng.random() < 0.5, erased if erase and rng.random() < 0.3 else None
             video_params.append(A.ClipParams(ops, box, flip, erased, rng.randrange(2**62)))
         params.append(video_params)
