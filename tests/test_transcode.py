@@ -510,6 +510,7 @@ PAPER_FINETUNE_DATA = {
     "std",
     "augment",
     "augment_on",
+    "augment_compile",
     "decoder",
 }
 

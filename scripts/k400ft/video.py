@@ -271,13 +271,14 @@ def normalize(
     frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """[T, 3, H, W] (uint8, or float on the 0..255 scale) -> [3, T, H, W] float32 (into `out`
-    if given): x * 1 / (255 std) - mean / std in one pass, which is upstream's ToTensor +
-    Normalize, (x / 255 - mean) / std, up to float rounding (< 1e-6)."""
+    if given): x * 1 / (255 std) - mean / std, which is upstream's ToTensor + Normalize,
+    (x / 255 - mean) / std, up to float rounding (< 1e-6); product and sum each rounded, as
+    `clipbatch.normalise` does."""
     scale, shift = _scale_shift(mean, std)
     source = frames.transpose(0, 1)
     if out is None:
         out = torch.empty(source.shape, dtype=torch.float32)
-    return torch.addcmul(shift, source, scale, out=out)
+    return torch.mul(source, scale, out=out).add_(shift)
 
 
 def normalize_views(
@@ -290,7 +291,7 @@ def normalize_views(
         torch.as_tensor(mean, dtype=torch.float32, device=views.device),
         torch.as_tensor(std, dtype=torch.float32, device=views.device),
     )
-    return torch.addcmul(shift, views, scale)
+    return views * scale + shift
 
 
 @contextlib.contextmanager
@@ -572,14 +573,12 @@ def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]):
 
 
 def train_collate_frames(batch: list[tuple]):
-    """Items of a TrainDataset(apply_augment=False) -> (frames [B, T, H, W, 3] uint8 padded to
-    the batch's largest frame, sizes [B, 2] (each video's h, w), params [each video's list of
-    ClipParams], labels [B*num_sample], index [B*num_sample]), for
-    `augment.ClipAugmenter.batch` on the training device: the padding is done here, in the
-    workers, so the batch crosses to the device in one copy."""
+    """TrainDataset(apply_augment=False) items -> (frames per orientation group, padded to its
+    largest (`augment.group_frames`), sizes [B, 2], params [each video's ClipParams], labels
+    and index [B*num_sample]), for `augment.ClipAugmenter.batch` on the training device."""
     frames, params, labels, index = zip(*batch, strict=False)
     counts = torch.tensor([len(p) for p in params])
-    frames, sizes = augment.pad_frames(frames)
+    frames, sizes = augment.group_frames(frames)
     return (
         frames,
         sizes,
