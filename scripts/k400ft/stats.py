@@ -9,7 +9,8 @@ that over several fine-tuning seeds), used by the report stage:
   interval, the videos resampled with both models' results together (the paired bootstrap).
 - `mcnemar`: McNemar's exact test on Top-1 correctness: the videos only one model gets right,
   a two-sided binomial test of those discordant pairs at 1/2.
-- `pooled`: several runs' (seeds') per-video values on their common videos, averaged per video.
+- `on_common_videos`, `pooled`: runs' (seeds', models') per-video values on the videos they
+  share; pooled: averaged over runs per video.
 - `mean_sd`: the mean and sample standard deviation over seeds.
 - `verdict`, `comparison_sentence`: what a difference means, in one sentence.
 
@@ -90,16 +91,25 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, float | i
     return {"a_only": a_only, "b_only": b_only, "p": float(p)}
 
 
-def pooled(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Runs' (video ids, per-video values) -> (the videos every run has, sorted; the mean over
-    runs of each such video's value). One run: its own values on its videos."""
+def on_common_videos(
+    runs: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Runs' (sorted video ids, per-video values) -> (the videos every run has, sorted; each
+    run's values on exactly those videos, in that order)."""
     if not runs:
-        raise ValueError("no runs to pool")
-    common = runs[0][0]
+        raise ValueError("no runs")
+    common = np.asarray(runs[0][0])
     for videos, _ in runs[1:]:
         common = np.intersect1d(common, videos)
     values = [np.asarray(x, np.float64)[np.searchsorted(v, common)] for v, x in runs]
-    return np.asarray(common), np.mean(values, axis=0)
+    return common, values
+
+
+def pooled(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Runs' (seeds') (sorted video ids, per-video values) -> (the videos every run has; the
+    mean over runs of each one's value). One run: its own values."""
+    common, values = on_common_videos(runs)
+    return common, np.mean(values, axis=0)
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
