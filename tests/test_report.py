@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 
 from k400ft import metrics, report, stats
 
@@ -347,6 +348,21 @@ def test_plots_are_non_empty_png_and_pdf(made):
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, stem
         assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_the_views_plot_has_the_intervals_as_whiskers(made, tmp_path):
+    out, _ = made
+    table = pd.read_csv(out / "table.csv")
+    fig = report.plot_views(table, tmp_path)
+    for ax, k in zip(fig.axes, ("top1", "top5"), strict=True):
+        whiskers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(whiskers) == len(table)  # one set per row
+        for (_, r), container in zip(table.iterrows(), whiskers, strict=True):
+            segments = container.lines[2][0].get_segments()  # one vertical line per subset
+            ends = [end for seg in segments for end in (seg[0][1], seg[1][1])]
+            subsets = ("1x1", "1x3", "5x1", "5x3")
+            expected = [r[f"{k}_{s}_{end}"] for s in subsets for end in ("low", "high")]
+            assert ends == pytest.approx(expected, abs=1e-4)
 
 
 def test_provenance(made):

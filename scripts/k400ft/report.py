@@ -370,9 +370,9 @@ def plot_training_curves(
     save_figure(fig, out_dir, "training_curves")
 
 
-def plot_views(table: pd.DataFrame, out_dir: Path) -> None:
-    """Top-1 and Top-5 against the number of views (1x1, 1xC, Sx1, SxC), bars at the mean
-    over seeds, with the 95% interval (pooled over seeds) as error bars."""
+def plot_views(table: pd.DataFrame, out_dir: Path) -> Figure:
+    """Top-1 and Top-5 against the number of views (1x1, 1xC, Sx1, SxC): bars at the mean
+    over seeds, whiskers at the 95% interval (pooled over seeds). Returns the figure."""
     subsets = subset_names(table)
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -381,8 +381,8 @@ def plot_views(table: pd.DataFrame, out_dir: Path) -> None:
     for i, (_, r) in enumerate(table.iterrows()):
         for ax, k in zip(axes, ("top1", "top5"), strict=True):
             values = np.array([r[f"{k}_{s}"] for s in subsets])
-            ends = [[r[f"{k}_{s}_{end}"] for s in subsets] for end in ("low", "high")]
-            errors = np.abs(np.array(ends) - values)  # [2, subsets]: below, above
+            low, high = ([r[f"{k}_{s}_{end}"] for s in subsets] for end in ("low", "high"))
+            errors = np.clip([values - low, high - values], 0, None)  # below, above
             at = x + (i - (len(table) - 1) / 2) * width
             bars = ax.bar(at, values, width, label=r["model"])
             ax.errorbar(
@@ -393,11 +393,12 @@ def plot_views(table: pd.DataFrame, out_dir: Path) -> None:
         ax.set_xticks(
             x, [f"{s}\n({eval_views(s)} view{'s' * (eval_views(s) > 1)})" for s in subsets]
         )
-        ax.set_title(f"{title}, bars: 95% interval", fontsize=10)
+        ax.set_title(f"{title}; whiskers: 95% interval", fontsize=10)
         ax.set_xlabel("segments x crops")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     save_figure(fig, out_dir, "accuracy_vs_views")
+    return fig
 
 
 def eval_views(subset: str) -> int:
