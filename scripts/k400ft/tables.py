@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from k400ft import stats
 from k400ft.io import atomic_write
 
 MISSING = "-"  # how the seed's table shows a number that does not exist
@@ -124,8 +125,9 @@ def seed_table(table: pd.DataFrame) -> str:
 MAIN_NOTE = (
     "Softmax per view, mean over a video's views, Top-k over unique videos; broken videos "
     "are excluded and counted. Top-k: mean over the fine-tuning seeds (± sd over seeds when "
-    "there are several). 95% CI: bootstrap over the test videos (BCa, 10,000 resamples, "
-    "fixed seed; several seeds pooled: each video's correctness averaged over them). Δ: ours "
+    f"there are several). 95% CI: bootstrap over the test videos (BCa, {stats.RESAMPLES:,} "
+    "resamples, fixed seed; several seeds pooled: each video's correctness averaged over "
+    "them). Δ: ours "
     "minus published; inside / outside: whether the published value lies inside our interval."
 )
 COMPARE_NOTE = (
