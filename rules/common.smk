@@ -9,12 +9,20 @@ validate(config, "../schemas/config.schema.yaml")
 RESULTS = config["results"]
 MODELS = list(config["models"])
 RELEASED = list(config["released"])
-ROWS = MODELS + RELEASED  # every row of the table = every evaluated model
+# One fine-tuning run per model and seed (finetune.seeds): seed 0's keeps its model's name, so
+# a one-seed run has the paths it always had, and adding a seed adds runs without renaming any.
+RUNS = {
+    (model if seed == 0 else f"{model}_seed{seed}"): (model, seed)
+    for model in MODELS
+    for seed in config["finetune"]["seeds"]
+}
+# every evaluated run: a fine-tune of ours or released weights
+ROWS = list(RUNS) + RELEASED
 
 
 wildcard_constraints:
     ckpt="|".join(config["checkpoints"]) or "NONE",
-    model="|".join(MODELS) or "NONE",
+    run="|".join(RUNS) or "NONE",
     row="|".join(ROWS) or "NONE",
 
 
@@ -91,6 +99,10 @@ def launch_resources(stage):
 
 
 def row_spec(row):
+    """The config entry of a row of the table (a model or released weights) or of an
+    evaluated run (its model's)."""
+    if row in RUNS:
+        return config["models"][RUNS[row][0]]
     return config["models"].get(row) or config["released"][row]
 
 
@@ -138,13 +150,15 @@ def kinetics_tree(wildcards):
 NOT_FINETUNE_DATA = ("num_workers", "transcode")
 
 
-def finetune_params(model):
-    """Exactly what changes the fine-tuned weights (evaluation settings are not here)."""
+def finetune_params(run):
+    """Exactly what changes run `run`'s fine-tuned weights: its model's, and its seed as the
+    recipe's `seed` (evaluation settings are not here)."""
+    model, seed = RUNS[run]
     spec = config["models"][model]
     return {
         "arch": spec["arch"],
         "finetune": spec["finetune"],
-        "recipe": config["recipe"],
+        "recipe": {**config["recipe"], "seed": seed},
         # not the loader's workers, nor the copies' settings (data.transcode reaches the
         # fine-tune as its inputs: a paper run without copies keeps exactly these params)
         "data": {k: v for k, v in config["data"].items() if k not in NOT_FINETUNE_DATA},
@@ -185,8 +199,8 @@ def plan_params():
 # evaluate stage
 def eval_weights(wildcards):
     """Our fine-tuned weights, or a released checkpoint for an eval-only row."""
-    if wildcards.row in config["models"]:
-        return rules.finetune.output.weights.format(model=wildcards.row)
+    if wildcards.row in RUNS:
+        return rules.finetune.output.weights.format(run=wildcards.row)
     return (
         f"{RESULTS}/checkpoints/{config['released'][wildcards.row]['checkpoint']}.pth"
     )
@@ -202,7 +216,7 @@ def eval_params(row):
         "num_classes": config["kinetics"]["num_classes"],
         "weights_format": (
             "ours"
-            if row in config["models"]
+            if row in RUNS
             else config["checkpoints"][spec["checkpoint"]]["format"]
         ),
     }
@@ -210,7 +224,11 @@ def eval_params(row):
 
 # report stage
 def report_params():
-    """What the table needs besides the metrics files."""
+    """What the table needs besides the metrics files: per row (a model or released
+    weights), its evaluated runs with their seeds (null for released weights)."""
+    runs = {row: {row: None} for row in RELEASED}
+    for run, (model, seed) in RUNS.items():
+        runs.setdefault(model, {})[run] = seed
     return {
         "rows": {
             row: {
@@ -218,8 +236,9 @@ def report_params():
                 "pretrain_epochs": row_spec(row)["pretrain_epochs"],
                 "published": row_spec(row)["published"],
                 "finetuned": row in config["models"],
+                "runs": runs[row],
             }
-            for row in ROWS
+            for row in MODELS + RELEASED
         },
         "num_frames": config["data"]["num_frames"],
         "evaluate": config["evaluate"],

@@ -3,6 +3,7 @@ training and 5x3 evaluation on CPU, in a copy of the repository so that `results
 working tree is never touched. Then the report, and the param isolation of the stages."""
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_report import main_table_cells
 from test_workflow import job_counts, snakemake
 
 from k400ft.provenance import file_sha256
@@ -67,8 +69,14 @@ def test_demo_learns_and_writes_the_table(demo_repo, capsys):
             "models"
         ].items()
     }
-    for model, m in metrics.items():  # one row per model, with its measured Top-1
-        assert f"| {names[model]} |" in table and f"| {m['top1']:.1f} |" in table, model
+    cells = main_table_cells(table)
+    for model, m in metrics.items():  # one row per model: its Top-1 and Top-5, each interval
+        row = cells[names[model]]
+        assert [row[4], row[5], row[7]] == ["0", f"{m['top1']:.1f}", f"{m['top5']:.1f}"], row
+        for value, interval in ((m["top1"], row[6]), (m["top5"], row[8])):
+            low, high = map(float, interval.strip("[]").split(", "))
+            assert low <= round(value, 1) <= high and high - low < 50, interval
+    assert "McNemar p" in table and "on this test set." in table  # the two compared
     for name in (
         "table.csv",
         "table.tex",
@@ -126,6 +134,19 @@ def test_recipe_settings_rerun_finetuning(demo_repo):
         "report": 1,
         "all": 1,
     }
+
+
+def test_adding_a_seed_runs_only_that_seeds_jobs(demo_repo):
+    out = dry_run_with(demo_repo, "finetune: {seeds: [0, 1]}")
+    assert job_counts(out) == {"finetune": 2, "evaluate": 2, "report": 1, "all": 1}
+    # the new seed's fine-tunes and evaluations only: seed 0's outputs keep their paths/params
+    jobs = re.findall(r"rule (finetune|evaluate):\n(?:\s+\S.*\n)*?\s+output: (\S+)", out)
+    assert sorted(path.split("/")[3] for _, path in jobs) == [
+        "catmae_vits16_seed1",
+        "catmae_vits16_seed1",
+        "videomae_vits16_seed1",
+        "videomae_vits16_seed1",
+    ], jobs
 
 
 def test_demo_pretext_settings_rerun_checkpoints_not_videos(demo_repo):

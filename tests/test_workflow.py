@@ -57,16 +57,18 @@ def write_config(path: Path, edit) -> Path:
     return path
 
 
-def paper_dry_run(tmp_path, *targets: str) -> str:
-    """A dry-run of the paper config on a K400-shaped tree (no network, no GPU)."""
+def paper_dry_run(tmp_path, *targets: str, edit=None) -> str:
+    """A dry-run of the paper config (changed by `edit`, if given) on a K400-shaped tree (no
+    network, no GPU); `targets` may hold other options too."""
     k400 = fake_kinetics(tmp_path / "k400")
+    config = write_config(tmp_path / "config.yaml", edit) if edit else ROOT / "config.yaml"
     return snakemake(
         "-n",
         *targets,
         "--directory",
         str(tmp_path),
         "--configfile",
-        str(ROOT / "config.yaml"),
+        str(config),
         "--config",
         f"kinetics={{root: {k400}, layout: annotations}}",
     ).stdout
@@ -79,6 +81,23 @@ def test_paper_dag_dry_run(tmp_path):
     for ckpt in ("catmae_vits16_pt300", "videomae_vits16_pt1600", "videomae_vits16_k400_ft"):
         assert f"results/checkpoints/{ckpt}.pth" in out
     assert "results/report/table.md" in out
+
+
+def test_several_seeds_fan_out_fine_tuning_and_evaluation_not_the_released_row(tmp_path):
+    out = paper_dry_run(
+        tmp_path, "--printshellcmds", edit=lambda c: c["finetune"].update(seeds=[0, 1, 2])
+    )
+    assert job_counts(out) == {**PAPER_JOBS, "finetune": 6, "evaluate": 7}
+    for model in ("catmae_vits16", "videomae_vits16"):
+        for run, seed in ((model, 0), (f"{model}_seed1", 1), (f"{model}_seed2", 2)):
+            assert f"results/finetune/{run}/final.pt" in out, run  # seed 0: today's path
+            assert f"results/evaluate/{run}/metrics.json" in out, run
+            command = next(
+                line for line in out.splitlines() if f"--state-dir results/state/{run} " in line
+            )
+            assert f'"seed": {seed},' in command, command  # the run's seed reaches the recipe
+    # released weights: one evaluation (7 = 2 models x 3 seeds + 1), under their own name
+    assert "videomae_vits16_k400_released_seed" not in out
 
 
 def test_the_plan_target_needs_only_the_splits_never_a_fine_tune(tmp_path):
