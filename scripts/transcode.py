@@ -18,10 +18,9 @@ reported and the fine-tune keeps its original).
 import argparse
 import sys
 
+from k400ft.encode import EXIT_IOERR, OutputError
 from k400ft.io import setup_logging
 from k400ft.transcode import (
-    EXIT_IOERR,
-    OutputError,
     Settings,
     TranscodeError,
     gather,
