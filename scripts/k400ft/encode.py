@@ -532,15 +532,3 @@ def encode_all(
     finally:
         bar.close()
     return [records[i] for i in range(len(tasks))]
-
-
-def read_record(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    """A shard's JSON record (a dict with a 'records' list), or EncodeError naming the file."""
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise EncodeError(f"{path}: cannot read the shard record ({err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise EncodeError(f"{path}: not a {what} shard record (no 'records' list)")
-    return data

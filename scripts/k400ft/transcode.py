@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -42,15 +41,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from k400ft import encode
-from k400ft.encode import (
-    WRITE_ONLY_ERRORS,
-    EncodeError,
-    encode_all,
-    encode_one,
-    sample_positions,
-    writing,
-)
+from k400ft.encode import EncodeError, encode_all, encode_one, sample_positions, writing
 from k400ft.io import atomic_write, check_writable
+from k400ft.shards import collect, shard_items, summarize, write_shard
 from k400ft.video import read_split_csv, write_split_csv
 
 LOG = logging.getLogger("k400ft.transcode")
@@ -89,15 +82,9 @@ def unique_sources(*splits: Iterable[tuple[str, int]]) -> list[str]:
 
 
 def shard_sources(sources: Sequence[str], shard: int, shards: int) -> list[str]:
-    """The rows of shard `shard` of `shards`: every index i with i % shards == shard.
-
-    The shards partition the rows exactly (each row in one shard) from the CSV alone, so the
-    shard jobs are known before the splits exist and no checkpoint rule is needed."""
-    if shards < 1:
-        raise TranscodeError(f"data.transcode.shards must be >= 1, got {shards}")
-    if not 0 <= shard < shards:
-        raise TranscodeError(f"shard {shard} is not in 0..{shards - 1} (data.transcode.shards)")
-    return [path for index, path in enumerate(sources) if index % shards == shard]
+    """The rows of shard `shard` of `shards` (`shards.shard_items`): known from the CSV
+    alone, so the shard jobs are known before the splits exist."""
+    return shard_items(sources, shard, shards, "data.transcode.shards")
 
 
 def transcode_one(
@@ -168,20 +155,7 @@ def run_shard(
         settings.preset,
     )
     records = transcode_sources(mine, videos_dir, settings, workers, psnr_videos, psnr_frames)
-    result = {
-        "shard": shard,
-        "shards": shards,
-        "settings": settings.as_dict(),
-        "seconds": time.monotonic() - started,
-        "core_seconds": sum(r["core_seconds"] for r in records),
-        "records": records,
-    }
-    counts = {s: sum(r["status"] == s for r in records) for s in ("transcoded", "reused", "failed")}
-    LOG.info("shard %d: %s in %.1f s", shard, counts, result["seconds"])
-    with writing(output), atomic_write(output, "w") as handle:
-        json.dump(result, handle, indent=1)
-        handle.write("\n")
-    return result
+    return write_shard(output, shard, shards, settings, started, records)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,23 +175,7 @@ def gather(
     shard record that is missing, or lists a video failed by a read-only or full disk (as
     the stage did before such errors failed the shard), raises TranscodeError naming it.
     An output that cannot be written raises OutputError, before any is written."""
-    shards = [encode.read_record(path, "transcode") for path in shard_files]
-    settings = {json.dumps(s["settings"], sort_keys=True) for s in shards}
-    if len(settings) > 1:
-        raise TranscodeError(f"the shard records were made with different settings: {settings}")
-    records: dict[str, dict[str, Any]] = {}
-    for path, data in zip(shard_files, shards, strict=True):
-        for record in data["records"]:
-            if record["source"] in records:
-                raise TranscodeError(f"{path}: {record['source']} is in two shards")
-            reason = record.get("reason") or ""
-            if record["status"] == "failed" and any(e in reason for e in WRITE_ONLY_ERRORS):
-                raise TranscodeError(
-                    f"{path}: {record['source']} failed writing its copy ({reason}): the "
-                    "shard's outputs could not be written, not the video; make room or fix "
-                    "the folder and re-run the transcode rule"
-                )
-            records[record["source"]] = record
+    shards, records = collect(shard_files, "transcode")
     splits = {"train": read_split_csv(train_csv), "val": read_split_csv(val_csv)}
     for name, csv in (("train", train_csv), ("val", val_csv)):
         for source, _ in splits[name]:
@@ -247,41 +205,3 @@ def gather(
         report["psnr"]["mean"],
     )
     return report
-
-
-def summarize(records: list[dict[str, Any]], shards: list[dict[str, Any]]) -> dict[str, Any]:
-    """report.json: counts, failures with reasons, the PSNR sample, the cost and the bytes of
-    sources and copies.
-
-    Cost: `seconds` = wall seconds of the shard jobs summed; `core_seconds` = CPU seconds
-    spent on the videos (decode, encode, checks, PSNR) in the worker processes; per video
-    transcoded in these runs, and the core-hours that gives per 1,000 such videos. A job's
-    start-up (imports, worker processes) is not in them: see the rule's benchmark files."""
-    made = [r for r in records if r["status"] == "transcoded"]
-    copied = [r for r in records if r["copy"] is not None]
-    measured = [r["psnr"] for r in records if r.get("psnr") is not None]
-    core_per_video = statistics.fmean(r["core_seconds"] for r in made) if made else None
-    return {
-        "settings": shards[0]["settings"] if shards else None,
-        "shards": len(shards),
-        "videos": len(records),
-        "transcoded": len(made),
-        "reused": sum(r["status"] == "reused" for r in records),
-        "failed": sum(r["status"] == "failed" for r in records),
-        "failures": [
-            {"source": r["source"], "reason": r["reason"]}
-            for r in records
-            if r["status"] == "failed"
-        ],
-        "psnr": {
-            "videos": len(measured),
-            "mean": round(statistics.fmean(measured), 2) if measured else None,
-            "min": round(min(measured), 2) if measured else None,
-        },
-        "seconds": round(sum(s["seconds"] for s in shards), 2),
-        "core_seconds": round(sum(s["core_seconds"] for s in shards), 2),
-        "core_seconds_per_video": round(core_per_video, 4) if made else None,
-        "core_hours_per_1000_videos": round(core_per_video * 1000 / 3600, 3) if made else None,
-        "source_bytes": sum(r["source_bytes"] for r in copied),
-        "copy_bytes": sum(r["copy_bytes"] for r in copied),
-    }
