@@ -24,6 +24,7 @@ from videos import write_pattern_mp4
 
 from k400ft import encode as E
 from k400ft import transcode as T
+from k400ft.io import EXIT_IOERR
 from k400ft.video import open_video, read_frames, read_split_csv, write_split_csv
 
 SETTINGS = T.Settings(keyint=12, crf=18, preset="veryfast", tune="fastdecode")
@@ -356,7 +357,7 @@ def test_an_output_folder_that_cannot_be_written_fails_the_shard_before_any_vide
     output = tmp_path / "shards" / "0.json"
     code = script.main(shard_args(tmp_path, train_csv, val_csv, tmp_path / "videos", output))
     err = capsys.readouterr().err
-    assert code == E.EXIT_IOERR == 74, err
+    assert code == EXIT_IOERR == 74, err
     cause = "Read-only file system" if how == "read-only" else "(File exists|Not a directory)"
     assert re.search(rf"error: cannot write {re.escape(str(target))}: .*{cause}", err), err
     assert not output.exists()

@@ -34,7 +34,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -46,8 +46,9 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from k400ft.io import atomic_write, die_with_parent
-from k400ft.video import describe_error, open_video, read_frames
+from k400ft import io
+from k400ft.decoders import describe_error, open_video, read_frames
+from k400ft.io import OutputError, atomic_write, die_with_parent
 
 LOG = logging.getLogger("k400ft.encode")
 
@@ -77,33 +78,17 @@ class EncodeError(ValueError):
     """A video or a setting the encoder cannot take; the message says why."""
 
 
-class OutputError(OSError):
-    """An output cannot be written (a video, a folder, a record): a read-only or full file
-    system, a file where a folder should be. The job fails (exit EXIT_IOERR), naming the
-    path: every later video would fail the same way, so it is never reported as one video's
-    failure. errno is the cause's."""
-
-    def __str__(self) -> str:
-        return f"cannot write {self.filename}: {self.strerror}"
-
-
-EXIT_IOERR = 74  # EX_IOERR (sysexits.h): the exit of a script that an OutputError ends
 # Errors only a write raises: a video record that failed with one of them was written by a
 # version of a stage that counted a read-only or full disk as failed videos.
 WRITE_ONLY_ERRORS = tuple(os.strerror(code) for code in (errno.EROFS, errno.ENOSPC, errno.EDQUOT))
 
 
-@contextlib.contextmanager
-def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Turn an OSError raised in the block into an OutputError naming `path` (the output the
-    block writes). PyAV's errors are OSErrors too, but a decoder's or encoder's: left as they
-    are (a bad video); a write to the output's file raises the file's own OSError through PyAV."""
-    try:
-        yield
-    except (OutputError, av.error.FFmpegError):
-        raise
-    except OSError as err:
-        raise OutputError(err.errno, str(err), os.fspath(path)) from err
+def writing(path: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
+    """io.writing for an encoder's output: an OSError raised in the block is an OutputError
+    naming `path`, but PyAV's errors (OSErrors too) are a decoder's or encoder's, left as
+    they are (a bad video); a write to the output's file raises the file's own OSError
+    through PyAV."""
+    return io.writing(path, (av.error.FFmpegError,))
 
 
 @dataclass(frozen=True)
