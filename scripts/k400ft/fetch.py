@@ -69,6 +69,11 @@ class FetchError(RuntimeError):
     the message starts with its URL."""
 
 
+class SpaceError(RuntimeError):
+    """The file system of kinetics.root cannot hold the data preparation's peak: the fetch
+    refuses before the first byte of a part (k400ft.dataplan)."""
+
+
 class ArchiveError(ValueError):
     """The archive's layout disagrees with the config (a list file's length, a bad line)."""
 
