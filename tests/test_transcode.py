@@ -468,7 +468,7 @@ def paper_dry_run(tmp_path, edit=None):
     k400 = fake_kinetics(tmp_path / "k400")
 
     def configure(config):
-        config["kinetics"]["root"] = str(k400)
+        config["kinetics"].update(root=str(k400), source="local")
         if edit:
             edit(config)
 

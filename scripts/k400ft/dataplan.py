@@ -82,14 +82,18 @@ def held_bytes(folders: list[str | os.PathLike]) -> int:
     return total
 
 
-def server_sizes(urls: list[str], connections: int) -> list[int]:
-    """One HEAD per URL, `connections` at a time: the server's sizes, in the order of urls."""
+def server_sizes(urls: list[str], connections: int) -> list[int | str]:
+    """One HEAD per URL, `connections` at a time: the server's size of each, in the order of
+    urls, or why it cannot be had (its fetch job will fail naming it; the others go on)."""
     local = threading.local()
 
-    def size(url: str) -> int:
+    def size(url: str) -> int | str:
         if not hasattr(local, "http"):
             local.http = fetch.session()
-        return fetch.remote_size(url, local.http)
+        try:
+            return fetch.remote_size(url, local.http)
+        except fetch.FetchError as err:
+            return str(err)
 
     with ThreadPoolExecutor(max(1, connections)) as pool:
         return list(pool.map(size, urls))
@@ -187,18 +191,24 @@ def plan_data(spec: dict[str, Any], lists: dict[str, str], annotations: list[str
     }
     everything = [u for split in urls for u in urls[split]]
     everything.append(fetch.join_url(spec["base_url"], spec["replacement"]))
-    sizes = server_sizes(everything, spec["connections"])
+    answers = server_sizes(everything, spec["connections"])
+    sizes = [answer for answer in answers if isinstance(answer, int)]
+    unavailable = [answer for answer in answers if isinstance(answer, str)]
+    for reason in unavailable:
+        LOG.warning("%s (its fetch job will fail; the other parts can be fetched)", reason)
     listed = sum(len(read_annotations(Path(p), p)) for p in annotations)
     free, where = free_bytes(spec["root"])
     disk = {"free_bytes": free, "filesystem": where, "held_bytes": held_bytes(spec["folders"])}
     counts = {split: len(u) for split, u in urls.items()} | {"replacement": 1}
+    disk["unavailable"] = unavailable
     # the archives and as many bytes extracted, the resize not counted: when even that does
     # not fit, refuse before reading a byte of a part (the sample)
     record = figures(counts, sizes, listed, 1.0, None, spec, disk)
     if not record["fits"]:
         raise fetch.SpaceError(refusal(record, spec["root"]))
     with tempfile.TemporaryDirectory() as tmp:
-        first = urls.get("val", everything)[0]
+        known = {u for u, a in zip(everything, answers, strict=True) if isinstance(a, int)}
+        first = next(u for u in urls.get("val", []) + everything if u in known)
         sample = sample_videos(first, spec["resize_videos"], tmp)
         ratio = sample["produced"] / max(sample["consumed"], 1)
         resize = None
@@ -234,7 +244,7 @@ def figures(
     return {
         "parts": parts,
         "archive_bytes": archive_bytes,
-        "largest_part_bytes": max(sizes),
+        "largest_part_bytes": max(sizes, default=0),
         "extract_ratio": round(ratio, 4),
         "extracted_bytes": extracted,
         "resized_bytes": resized,
@@ -295,6 +305,7 @@ def render_lines(record: dict) -> list[str]:
         f"- to fetch: {size(record['archive_bytes'])} in {sum(record['parts'].values())} parts "
         f"({parts}; the server's sizes, one HEAD each), the largest "
         f"{size(record['largest_part_bytes'])}",
+        *(f"- cannot be had: {reason}" for reason in record.get("unavailable", [])),
         f"- extracted: {size(record['extracted_bytes'])} (x{record['extract_ratio']:.3f} of the "
         f"archives, measured on the sample), {record['listed_videos']} videos listed",
     ]

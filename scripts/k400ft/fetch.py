@@ -467,7 +467,7 @@ def fetch_part(
         record = fetch(url, dest, read_tar_gz, http, retries, backoff)
     except FetchError as err:
         with writing(failures), atomic_write(failures, "w") as handle:
-            json.dump({"url": url, "part": os.fspath(dest), "reason": str(err)}, handle)
+            json.dump({"url": url, "file": os.fspath(dest), "reason": str(err)}, handle)
         raise
     with contextlib.suppress(FileNotFoundError):
         os.unlink(failures)
