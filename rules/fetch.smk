@@ -30,7 +30,7 @@ if ARCHIVE:
         log:
             f"{RESULTS}/logs/kinetics/list_{{split}}.log",
         conda:
-            "../envs/download.yaml"
+            "../envs/data.yaml"
         params:
             url=lambda wc: archive_url(KINETICS["archive"]["lists"][wc.split]),
         shell:
@@ -47,7 +47,7 @@ if ARCHIVE:
         log:
             f"{RESULTS}/logs/kinetics/annotations.log",
         conda:
-            "../envs/download.yaml"
+            "../envs/data.yaml"
         params:
             urls=[
                 archive_url(KINETICS["archive"]["annotations"][s]) for s in PART_SPLITS
@@ -86,7 +86,7 @@ if ARCHIVE:
         log:
             f"{RESULTS}/logs/kinetics/fetch/{{split}}_{{index}}.log",
         conda:
-            "../envs/download.yaml"
+            "../envs/data.yaml"
         resources:
             kinetics_connections=1,
             mem_mb=1000,
