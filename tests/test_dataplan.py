@@ -130,3 +130,35 @@ def test_the_plan_stops_on_a_list_that_disagrees_with_the_config(mini_archive, t
         "k400_train_path.txt: the list names 3 parts, config kinetics.archive.parts.train says 4"
         in err
     )
+
+
+def test_the_plans_cost_md_carries_the_data_preparation_lines():
+    """The figures of the real archive's sizes (pure: `figures`), as cost.md shows them."""
+    from k400ft import plan
+
+    disk = {"free_bytes": 2_000 * 10**9, "filesystem": "/data", "held_bytes": 0}
+    disk["unavailable"] = []
+    resize = {"videos": 8, "failed": 0, "core_s_per_video": 2.0, "bytes_ratio": 0.4}
+    resize["settings"] = RESIZE | {"short_side": 320}
+    sizes = [1_800 * 10**6] * 262 + [900 * 10**6]
+    parts = {"train": 242, "val": 20, "replacement": 1}
+    base = spec("https://h", Path("/data/k400"), keep_archives=False, connections=8)
+    record = dataplan.figures(parts, sizes, 266_440, 1.01, resize, base, disk)
+    assert record["extracted_bytes"] == int(sum(sizes) * 1.01)
+    assert record["resized_bytes"] == int(record["extracted_bytes"] * 0.4)
+    window = 16 * 1_800 * 10**6  # the 2 x 8 connections largest parts
+    assert record["peak_bytes"] == record["extracted_bytes"] + record["resized_bytes"] + window
+    assert record["resize"]["core_hours"] == pytest.approx(2.0 * 266_440 / 3600)
+    text = plan.render_markdown(
+        {
+            "node": {"device": "cpu", "cpus": 4},
+            "sample": {"train_videos": 8, "test_videos": 3},
+            "launch": {"gpus": 1, "unit": "GPU", "eval_gpus": 1, "epochs": 3, "train_videos": 16},
+            "models": {},
+            "data": record,
+        }
+    )
+    assert "## Data preparation (Kinetics-400 from its archive)" in text
+    assert "- to fetch: 472.5 GB in 263 parts (train 242, val 20, replacement 1;" in text
+    assert "-> 148 core-hours for the 266440 listed" in text
+    assert "keep_archives false); with keep_archives true:" in text and ": fits" in text
