@@ -146,3 +146,17 @@ def test_an_output_folder_that_cannot_be_written_fails_the_shard_before_any_vide
         R.run_shard(counts, [str(tmp_path / "tree")], 0, 1, SETTINGS, tmp_path / "s.json")
     assert not (tmp_path / "s.json").exists()
     assert os.path.getsize(source) > 0
+
+
+def test_the_encoder_chooses_each_frame_type_itself(tmp_path):
+    """A decoded frame carries its coded type (I, P, B): passed on, x264 took the source's
+    keyframes and B-frames as orders. The keyframes of an output are then exactly every
+    keyint frames whatever the source's (K400's have scene-cut keyframes), and without a
+    keyint the encoder places them as under the ffmpeg command line."""
+    source = write_pattern_mp4(tmp_path / "src.mp4", 40, 48, 64, gop=10)
+    assert set(keyframes(source)) - {0, 12, 24, 36}  # keyframes off the copy's grid
+    every12 = R.Settings(keyint=12, crf=18, preset="veryfast", tune="fastdecode", short_side=32)
+    R.resize_one(str(source), str(tmp_path / "k12.mp4"), every12)
+    assert keyframes(tmp_path / "k12.mp4") == [0, 12, 24, 36]
+    R.resize_one(str(source), str(tmp_path / "auto.mp4"), SETTINGS)
+    assert keyframes(tmp_path / "auto.mp4") != keyframes(source)  # x264's own choice

@@ -6,8 +6,10 @@ What a stage asks for is a `Settings`: x264's crf, preset and tune, a keyframe i
 (`keyint`: exactly every keyint frames, no scene-cut keyframes; None: x264's default of 250
 with scene cuts, as the Kinetics files were made) and a short side to scale to (`short_side`:
 aspect kept, even sides, as `ffmpeg -vf scale=-2:<short>` sizes it; None: the source's size).
-`encode_video` decodes every frame once and passes it on as it is (no RGB round trip), scaled
-with swscale's bicubic filter (ffmpeg's scale filter default) when asked: each frame is kept,
+`encode_video` decodes every frame once and passes it on as it is (no RGB round trip; its
+coded type dropped, so that x264 chooses each frame's type itself, as under the ffmpeg command
+line), scaled with swscale's bicubic filter (ffmpeg's scale filter default) when asked: each
+frame is kept,
 re-stamped 0, 1, 2, ... at the source's average rate, since decord reads frames by index; audio
 is dropped. A file already at the asked size is copied instead (`encode_one`, when no keyframe
 interval is asked for).
@@ -254,6 +256,9 @@ def encode_video(source: str | os.PathLike, dest: str | os.PathLike, settings: S
                     elif frame.format.name != "yuv420p":
                         frame = frame.reformat(format="yuv420p")
                     frame.pts, frame.time_base = written, time_base
+                    # the decoder's frame type (I, P, B as the source was coded) would force
+                    # the encoder's: x264 decides each frame's type itself, as under ffmpeg
+                    frame.pict_type = av.video.frame.PictureType.NONE
                     for packet in video.encode(frame):
                         out.mux(packet)
                     written += 1
