@@ -8,8 +8,8 @@ with scene cuts, as the Kinetics files were made) and a short side to scale to (
 aspect kept, even sides, as `ffmpeg -vf scale=-2:<short>` sizes it; None: the source's size).
 `encode_video` decodes every frame once and passes it on as it is (no RGB round trip; its
 coded type dropped, so that x264 chooses each frame's type itself, as under the ffmpeg command
-line), scaled with swscale's bicubic filter (ffmpeg's scale filter default) when asked: each
-frame is kept,
+line), scaled when asked by ffmpeg's own scale filter as its command line runs it (libavfilter:
+swscale bicubic, the source's chroma siting; the same frames, bit for bit): each frame is kept,
 re-stamped 0, 1, 2, ... at the source's average rate, since decord reads frames by index; audio
 is dropped. A file already at the asked size is copied instead (`encode_one`, when no keyframe
 interval is asked for).
@@ -233,7 +233,7 @@ def encode_video(source: str | os.PathLike, dest: str | os.PathLike, settings: S
         out_width, out_height = scaled_size(width, height, settings.short_side)
         if out_width % 2 or out_height % 2:
             raise EncodeError(f"frame size {height}x{width} is odd (yuv420p needs even sides)")
-        scaler = av.video.reformatter.VideoReformatter()
+        scale = _scaler(stream, out_width, out_height) if settings.short_side else None
         time_base = Fraction(1) / Fraction(rate)
         written = 0
         with writing(dest), atomic_write(dest, "wb") as handle:
@@ -243,18 +243,19 @@ def encode_video(source: str | os.PathLike, dest: str | os.PathLike, settings: S
                     "libx264", rate=Fraction(rate), options=settings.x264_options()
                 )
                 video.width, video.height, video.pix_fmt = out_width, out_height, "yuv420p"
-                for frame in inp.decode(stream):
-                    if (frame.width, frame.height) != (width, height):
+                for decoded in inp.decode(stream):
+                    if (decoded.width, decoded.height) != (width, height):
                         raise EncodeError(
-                            f"frame {written} is {frame.height}x{frame.width}, the stream "
+                            f"frame {written} is {decoded.height}x{decoded.width}, the stream "
                             f"{height}x{width} (size changes mid-stream)"
                         )
-                    if (out_width, out_height) != (width, height):
-                        frame = scaler.reformat(
-                            frame, out_width, out_height, "yuv420p", interpolation=SCALER
-                        )
-                    elif frame.format.name != "yuv420p":
-                        frame = frame.reformat(format="yuv420p")
+                    if scale is not None:
+                        scale.vpush(decoded)
+                        frame = scale.vpull()  # scale and format give one frame per frame
+                    elif decoded.format.name != "yuv420p":
+                        frame = decoded.reformat(format="yuv420p")
+                    else:
+                        frame = decoded
                     frame.pts, frame.time_base = written, time_base
                     # the decoder's frame type (I, P, B as the source was coded) would force
                     # the encoder's: x264 decides each frame's type itself, as under ffmpeg
@@ -267,6 +268,20 @@ def encode_video(source: str | os.PathLike, dest: str | os.PathLike, settings: S
                 for packet in video.encode():
                     out.mux(packet)
     return written
+
+
+def _scaler(stream: av.video.stream.VideoStream, width: int, height: int) -> av.filter.Graph:
+    """ffmpeg's own scale filter (libavfilter, as `ffmpeg -vf scale=...` runs it: swscale
+    bicubic, the source's chroma siting and range read from its frames) to width x height,
+    then yuv420p: the frames the ffmpeg command line would encode, bit for bit."""
+    graph = av.filter.Graph()
+    graph.link_nodes(
+        graph.add_buffer(template=stream),
+        graph.add("scale", f"{width}:{height}:flags={SCALER.lower()}"),
+        graph.add("format", "yuv420p"),
+        graph.add("buffersink"),
+    ).configure()
+    return graph
 
 
 def video_shape(path: str | os.PathLike) -> tuple[int, int, int]:
