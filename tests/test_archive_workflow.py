@@ -5,16 +5,15 @@ resize stages and the splits on the miniature archive served over HTTP on 127.0.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import MINI_DEMO, MINI_KINETICS
 from fakearchive import FakeArchive
+from test_workflow import snakemake
 
 from k400ft import demo
 from k400ft.encode import video_shape
@@ -25,19 +24,7 @@ MISSING = "val/part_1.tar.gz"
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """Snakemake on the repository's Snakefile in `workdir` (its scripts/ linked there)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args],
-        cwd=workdir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return snakemake("-s", str(ROOT / "Snakefile"), *args, cwd=workdir, check=False, timeout=600)
 
 
 @pytest.fixture(scope="module")

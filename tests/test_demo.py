@@ -19,21 +19,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import MINI_DEMO
 
 from k400ft import demo, layouts, models
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
-DEMO = {
-    "train_per_class": 3,
-    "val_per_class": 2,
-    "frames": [24, 32],
-    "height": 48,
-    "width": 64,
-    "broken": 3,
-    "seed": 3,
-}
+DEMO = {**MINI_DEMO, "train_per_class": 3, "val_per_class": 2, "frames": [24, 32], "seed": 3}
 KINETICS = {
     "root": "",  # set per tree
     "layout": "annotations",

@@ -153,26 +153,29 @@ def test_demo_dag_dry_run(tmp_path):
         str(ROOT / "demo/config.yaml"),
         "--replace-workflow-config",
     ).stdout
-    assert job_counts(out) == {
-        "demo_archive": 1,
-        "demo_checkpoint": 2,
-        "checkpoint": 2,
-        # the demo's miniature archive, as the paper's: 4 + 2 parts and the replacement
-        "kinetics_list": 2,
-        "kinetics_annotations": 1,
-        "plan_data": 1,
-        "kinetics_fetch": 7,
-        "kinetics_extract": 7,
-        "kinetics_verify": 2,
-        # 2 shards, then the report; data.transcode is on: the resize makes the keyframes
-        "kinetics_resize": 2,
-        "kinetics_resize_gather": 1,
-        "splits": 1,
-        "finetune": 2,
-        "evaluate": 2,
-        "report": 1,
-        "all": 1,
-    }
+    assert job_counts(out) == DEMO_JOBS
+
+
+DEMO_JOBS = {
+    "demo_archive": 1,
+    "demo_checkpoint": 2,
+    "checkpoint": 2,
+    # the demo's miniature archive, as the paper's: 4 + 2 parts and the replacement
+    "kinetics_list": 2,
+    "kinetics_annotations": 1,
+    "plan_data": 1,
+    "kinetics_fetch": 7,
+    "kinetics_extract": 7,
+    "kinetics_verify": 2,
+    # 2 shards, then the report; data.transcode is on: the resize makes the keyframes
+    "kinetics_resize": 2,
+    "kinetics_resize_gather": 1,
+    "splits": 1,
+    "finetune": 2,
+    "evaluate": 2,
+    "report": 1,
+    "all": 1,
+}
 
 
 @pytest.mark.parametrize(

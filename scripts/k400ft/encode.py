@@ -54,17 +54,7 @@ from k400ft.io import OutputError, atomic_write, die_with_parent
 
 LOG = logging.getLogger("k400ft.encode")
 
-PRESETS = (
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-)
+PRESETS = tuple("ultrafast superfast veryfast faster fast medium slow slower veryslow".split())
 # x264 tunes; fastdecode (no CABAC, no deblocking, no weighted prediction) makes a copy
 # cheaper to decode than its source per frame.
 TUNES = ("none", "fastdecode", "film", "animation", "grain", "stillimage")
