@@ -376,7 +376,6 @@ def fetch(
     `read_tar_gz`; it raises ArchiveError when the bytes are bad) before the rename onto
     `dest`. Returns a record (url, bytes, seconds, attempts, restarts, resumed_from, check).
 
-    A file already at `dest` is kept as it is (the rename happens only after its check).
     FetchError names the URL when it cannot be had; OutputError names the path when the disk
     refuses (full, read-only): the temp file is kept, so a re-run resumes."""
     dest = Path(dest)
