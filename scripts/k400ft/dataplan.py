@@ -196,11 +196,15 @@ def plan_data(spec: dict[str, Any], lists: dict[str, str], annotations: list[str
     unavailable = [answer for answer in answers if isinstance(answer, str)]
     for reason in unavailable:
         LOG.warning("%s (its fetch job will fail; the other parts can be fetched)", reason)
-    listed = sum(len(read_annotations(Path(p), p)) for p in annotations)
+    listed = sum(len(read_annotations(Path(p), "kinetics.annotations")) for p in annotations)
     free, where = free_bytes(spec["root"])
-    disk = {"free_bytes": free, "filesystem": where, "held_bytes": held_bytes(spec["folders"])}
+    disk = {
+        "free_bytes": free,
+        "filesystem": where,
+        "held_bytes": held_bytes(spec["folders"]),
+        "unavailable": unavailable,
+    }
     counts = {split: len(u) for split, u in urls.items()} | {"replacement": 1}
-    disk["unavailable"] = unavailable
     # the archives and as many bytes extracted, the resize not counted: when even that does
     # not fit, refuse before reading a byte of a part (the sample)
     record = figures(counts, sizes, listed, 1.0, None, spec, disk)
