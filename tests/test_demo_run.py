@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_report import main_table_cells
-from test_workflow import job_counts, snakemake
+from test_workflow import DEMO_JOBS, job_counts, snakemake
 
 from k400ft.provenance import file_sha256
 
@@ -151,8 +151,48 @@ def test_adding_a_seed_runs_only_that_seeds_jobs(demo_repo):
 
 def test_demo_pretext_settings_rerun_checkpoints_not_videos(demo_repo):
     counts = job_counts(dry_run_with(demo_repo, "demo: {pretrain: {steps: 5}}"))
-    assert "demo_videos" not in counts and "splits" not in counts, counts
+    assert "demo_archive" not in counts and "splits" not in counts, counts
     assert counts["demo_checkpoint"] == 2 and counts["finetune"] == 2, counts
+
+
+def downstream(*rules: str) -> dict[str, int]:
+    """The demo's jobs of `rules` and of every stage after the resize."""
+    after = ("kinetics_resize", "kinetics_resize_gather", "splits", "finetune", "evaluate")
+    return {rule: DEMO_JOBS[rule] for rule in (*rules, *after, "report", "all")}
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ("kinetics_resize", downstream()),
+        # not the lists, CSVs or data plan: the parts, then the rest
+        ("kinetics_fetch", downstream("kinetics_fetch", "kinetics_extract", "kinetics_verify")),
+    ],
+)
+def test_forcerun_of_a_data_stage_reruns_only_what_depends_on_it(demo_repo, stage, expected):
+    out = snakemake(*DEMO, "-n", "--forcerun", stage, cwd=demo_repo).stdout
+    assert job_counts(out) == expected
+
+
+def test_the_demo_came_from_its_archive(demo_repo, capsys):
+    """The chain from the file: archive: the data plan's lines, the parts gone once extracted
+    (keep_archives false), the replacement applied, the resize's report."""
+    results = demo_repo / "results/demo"
+    data = (results / "plan/data.md").read_text()
+    assert "7 parts (train 4, val 2, replacement 1" in data and ": fits" in data
+    assert not list((demo_repo / "results/demo/kinetics400/archives").rglob("*.tar.gz"))
+    train = json.loads((results / "kinetics/extract/train.json").read_text())
+    assert train["replaced"] == 1 and train["parts"] == 4
+    report = json.loads((results / "kinetics/resize/report.json").read_text())
+    assert report["settings"]["short_side"] == 72 and report["settings"]["keyint"] == 16
+    assert report["failed"] == 3 and report["resized"] == report["videos"] - 3
+    line = (
+        f"[resize] {report['videos']} videos, {report['resized']} resized, {report['failed']} "
+        f"failed (the broken files), PSNR {report['psnr']['mean']} dB, "
+        f"{report['core_seconds']} core-s"
+    )
+    with capsys.disabled():
+        print(f"\n[data plan]\n{data}\n{line}")
 
 
 def test_the_demo_plan_predicts_the_demo_fine_tunes_wall_time(demo_repo, capsys):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from k400ft import distributed, measure, schedule, video
+from k400ft import dataplan, distributed, measure, schedule, video
 from k400ft.io import atomic_write
 
 DATA_BOUND = 0.10  # a fed step waiting for data more than this share of its time is data-bound
@@ -324,6 +324,8 @@ def render_markdown(plan: dict) -> str:
     for advice in plan.get("decoder_advice", []):
         lines.append(f"- decoder: {advice}")
     lines.append("")
+    if plan.get("data"):  # Kinetics-400 from its archive: rules/fetch.smk's plan_data
+        lines += dataplan.render_lines(plan["data"])
     return "\n".join(lines)
 
 
@@ -340,9 +342,16 @@ def _hours(hours: float) -> str:
 
 
 def plan(
-    spec: dict, device: str, train_csv: str, test_csv: str, threads: int, out_dir: str
+    spec: dict,
+    device: str,
+    train_csv: str,
+    test_csv: str,
+    threads: int,
+    out_dir: str,
+    data_plan: dict | None = None,
 ) -> dict:
-    """Measure every model of `spec` on a sample of the splits and write cost.json / cost.md.
+    """Measure every model of `spec` on a sample of the splits and write cost.json / cost.md
+    (with the data preparation's figures `data_plan`, when the data came from the archive).
 
     spec: {models: {name: {arch, finetune: {global_batch, batch_per_gpu}}}, recipe, data,
     evaluate, num_classes, launch: {finetune, evaluate}, plan: {videos, test_videos, steps,
@@ -441,6 +450,8 @@ def plan(
             }
         record["decoders"] = measure.compare_decoders(train_sample, test_sample, spec["data"])
     record["decoder_advice"] = decoder_advice(record["decoders"], record["launch"]["decoder"])
+    if data_plan:
+        record["data"] = data_plan
     out = Path(out_dir)
     with atomic_write(out / "cost.json", "w") as handle:
         json.dump(record, handle, indent=2)
