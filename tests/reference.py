@@ -11,8 +11,13 @@ of `k400ft` computes:
   applied with torch ops in the workers or on the device) is tested against it
   (tests/test_augment.py) and benchmarked against it (benchmarks/train_data.py).
 - `naive_test_view`: one test view decoded on its own with decord, resized with OpenCV, as
-  upstream makes each view; the single-decode `video.TestDataset` is tested
-  (tests/test_video.py) and benchmarked (benchmarks/data_throughput.py) against it.
+  upstream makes each view (`upstream_test_view` cuts it); the single-decode
+  `video.TestDataset` is tested (tests/test_video.py) and benchmarked
+  (benchmarks/data_throughput.py) against it.
+- `upstream_resize`: upstream's `resize_clip` (`functional.py`), OpenCV's bilinear resize frame
+  by frame: the test views' and the validation clip's resize are tested against it, byte for
+  byte (tests/test_video.py), and compared with it on K400-like footage
+  (benchmarks/view_pixels.py).
 - The recipe's optimiser step (REFERENCE.md §2): `layer_id`, `decays`, `mix_batch` (Mixup /
   CutMix with smoothed targets), `soft_target_loss` and `adamw_step`, against which one real
   step of the fine-tuning engine is checked (tests/test_recipe.py).
@@ -32,6 +37,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -193,67 +199,68 @@ class ClipAugment:
 
 
 def upstream_resize(frames: np.ndarray, size: int) -> np.ndarray:
-    """Upstream's `Resize(size)` of the test path (`resize_clip`): [T, H, W, 3] uint8 with the
-    short side made `size` and the long side int(size x long / short), skipped when the short
-    side is already `size`; `cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)` frame
-    by frame. Without OpenCV installed: torch's uint8 bilinear (the same half-pixel formula,
-    without OpenCV's fixed-point rounding: values can be one level off)."""
+    """[T, H, W, 3] uint8 -> short side `size`, as upstream's `resize_clip(clip, size,
+    "bilinear")` with its `get_resize_sizes`: nothing when the short side already is `size`,
+    else the long side int(size * long / short) and `cv2.resize(img, (w, h),
+    interpolation=cv2.INTER_LINEAR)` on each frame."""
     height, width = frames.shape[1:3]
     if (width <= height and width == size) or (height <= width and height == size):
         return frames
     if width < height:
-        new_w, new_h = size, int(size * height / width)
+        new_h, new_w = int(size * height / width), size
     else:
         new_h, new_w = size, int(size * width / height)
-    try:
-        import cv2
-    except ImportError:
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        return x.permute(0, 2, 3, 1).numpy()
     return np.stack(
         [cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for frame in frames]
     )
 
 
-def naive_test_view(
-    path: str, data_cfg: dict[str, Any], segment: int, crop: int, num_segments: int, num_crops: int
-) -> torch.Tensor:
-    """ONE test view the way upstream makes it (REFERENCE.md §3 and §6): open the video with
-    decord and decode every `sampling_rate`-th frame (the last repeated up to `num_frames`) for
-    this view alone, resize (`upstream_resize`), take segment k from int(k x (T - num_frames) /
-    (num_segments - 1)) and crop c from int(c x (long - size) / (num_crops - 1)) along the long
-    side (H when H >= W), normalise. One segment or crop: the centre (upstream divides by zero
-    there). The reference our single-decode `TestDataset` is tested and benchmarked against;
-    [3, T, s, s] float32."""
-    from decord import VideoReader, cpu
-
-    length, rate = int(data_cfg["num_frames"]), int(data_cfg["sampling_rate"])
-    size = int(data_cfg["short_side_size"])
-    reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
-    indices = list(range(0, len(reader), rate))
-    while len(indices) < length:
-        indices.append(indices[-1])
-    frames = upstream_resize(reader.get_batch(indices).asnumpy(), size)
-    del reader
-    taken, (height, width) = len(frames), frames.shape[1:3]
-    if num_segments > 1:
-        delta = max(taken - length, 0) / (num_segments - 1)
+def upstream_test_view(
+    taken: np.ndarray, size: int, length: int, segment: int, crop: int, segments: int, crops: int
+) -> np.ndarray:
+    """One test view of the frames a video's test path takes (REFERENCE.md §3 and §6), uint8
+    [length, size, size, 3]: resized (`upstream_resize`), segment k from int(k x (T - length) /
+    (segments - 1)), crop c from int(c x (long - size) / (crops - 1)) along the long side (H
+    when H >= W). One segment or crop: the centre (upstream divides by zero there)."""
+    frames = upstream_resize(taken, size)
+    count, (height, width) = len(frames), frames.shape[1:3]
+    if segments > 1:
+        delta = max(count - length, 0) / (segments - 1)
         start = int(segment * delta)
     else:
-        start = int((taken - length) / 2)
-    if num_crops > 1:
-        spatial_step = 1.0 * (max(height, width) - size) / (num_crops - 1)
+        start = int((count - length) / 2)
+    if crops > 1:
+        spatial_step = 1.0 * (max(height, width) - size) / (crops - 1)
         offset = int(crop * spatial_step)
     else:
         offset = int((max(height, width) - size) / 2)
     if height >= width:
-        view = frames[start : start + length, offset : offset + size, :, :]
-    else:
-        view = frames[start : start + length, :, offset : offset + size, :]
-    return tensor_normalize(torch.from_numpy(view), data_cfg["mean"], data_cfg["std"]).permute(
-        3, 0, 1, 2
+        return frames[start : start + length, offset : offset + size, :, :]
+    return frames[start : start + length, :, offset : offset + size, :]
+
+
+def naive_test_view(
+    path: str, data_cfg: dict[str, Any], segment: int, crop: int, num_segments: int, num_crops: int
+) -> torch.Tensor:
+    """ONE test view the way upstream makes it: open the video with decord and decode every
+    `sampling_rate`-th frame (the last repeated up to `num_frames`) for this view alone, cut
+    the view (`upstream_test_view`), normalise. The reference our single-decode `TestDataset`
+    is tested and benchmarked against; [3, T, s, s] float32."""
+    from decord import VideoReader, cpu
+
+    length, rate = int(data_cfg["num_frames"]), int(data_cfg["sampling_rate"])
+    reader = VideoReader(str(path), ctx=cpu(0), num_threads=1)
+    indices = list(range(0, len(reader), rate))
+    while len(indices) < length:
+        indices.append(indices[-1])
+    taken = reader.get_batch(indices).asnumpy()
+    del reader
+    size = int(data_cfg["short_side_size"])
+    view = upstream_test_view(taken, size, length, segment, crop, num_segments, num_crops)
+    view = tensor_normalize(
+        torch.from_numpy(np.ascontiguousarray(view)), data_cfg["mean"], data_cfg["std"]
     )
+    return view.permute(3, 0, 1, 2)
 
 
 # ---------------------------------------------------------------- the optimiser step

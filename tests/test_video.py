@@ -17,9 +17,10 @@ from reference import (
     tensor_normalize,
     upstream_crop_box,
     upstream_resize,
+    upstream_test_view,
 )
 from torchvision.transforms import RandomResizedCrop
-from videos import frame_number, frame_pattern, write_mp4, write_pattern_mp4
+from videos import frame_number, frame_pattern, k400_like_frames, write_mp4, write_pattern_mp4
 
 from k400ft import augment as A
 from k400ft import video as V
@@ -399,6 +400,54 @@ def test_test_views_skip_resize_when_short_side_fits(tmp_path):
     expected = tensor_normalize(raw[:, :, 8:40], DATA["mean"], DATA["std"]).permute(3, 0, 1, 2)
     torch.testing.assert_close(last[:, :5], expected, rtol=0, atol=1e-6)  # float rounding
     assert torch.equal(last[:, 5:], last[:, 4:5].expand(-1, 11, -1, -1))
+
+
+# (height, width) of footage-like frames: K400's short side 320 at 16:9, 4:3 and portrait
+# (down), an exact 2x reduction (where OpenCV's INTER_LINEAR takes its INTER_AREA shortcut),
+# odd sizes a little down and up, small frames up, and frames already at the target size
+# (upstream then does not resize at all), a square one included.
+UPSTREAM_SIZES = [
+    (320, 568),
+    (320, 427),
+    (568, 320),
+    (448, 600),
+    (225, 301),
+    (223, 397),
+    (181, 243),
+    (120, 160),
+    (224, 298),
+    (300, 224),
+    (250, 250),
+]
+
+
+@pytest.mark.parametrize(("height", "width"), UPSTREAM_SIZES)
+def test_test_views_and_validation_clip_are_upstreams_opencv_pixels(tmp_path, height, width):
+    """Byte for byte what upstream's `resize_clip` (cv2.resize, INTER_LINEAR, per frame) then
+    its crops give (tests/reference.py): all 15 test views (uint8), and the validation clip
+    (normalised to within float rounding)."""
+    data = {**DATA, "short_side_size": 224, "input_size": 224}
+    frames = k400_like_frames(16, height, width, seed=height + width)
+    csv = _csv(tmp_path, [("never decoded.mp4", 0)])
+    views = V.TestDataset(csv, data, 5, 3, normalized=False).views(frames)
+    expected = torch.stack(
+        [
+            torch.from_numpy(upstream_test_view(frames, 224, 16, s, c, 5, 3)).permute(3, 0, 1, 2)
+            for s in range(5)
+            for c in range(3)
+        ]
+    )
+    diff = views.int() - expected.int()
+    assert views.shape == expected.shape and not diff.any(), (
+        f"{(diff != 0).float().mean():.1%} of the test views' values differ from upstream's, "
+        f"mean {diff.float().mean():+.3f} levels"
+    )
+    resized = upstream_resize(frames, 224)
+    top, left = (round((side - 224) / 2.0) for side in resized.shape[1:3])  # upstream's centre
+    crop = torch.from_numpy(resized[:, top : top + 224, left : left + 224])
+    validation = V.TrainDataset(csv, data, "validation").validation_clip(frames)
+    expected = tensor_normalize(crop, data["mean"], data["std"]).permute(3, 0, 1, 2)
+    torch.testing.assert_close(validation, expected, rtol=0, atol=1e-6)  # float rounding
 
 
 def test_broken_test_video_is_reported_not_raised(clips, tmp_path):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import re
 from pathlib import Path
 
 import av
@@ -190,6 +191,15 @@ def decord_misnumbers(pts_in_file_order: list[int], keyframe_positions: list[int
     ranks = np.argsort(np.argsort(np.asarray(pts_in_file_order), kind="stable"), kind="stable")
     positions = np.asarray(keyframe_positions, dtype=np.int64)
     return bool(np.any(ranks[positions] != positions))
+
+
+def describe_error(err: BaseException) -> str:
+    """A decoder error on one line: decord's messages without their timestamps and source
+    locations, at most 300 characters."""
+    lines = [
+        re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", line).strip() for line in str(err).splitlines()
+    ]
+    return " | ".join(line for line in lines if line)[:300] or type(err).__name__
 
 
 def open_video(path: str | Path, decoder: str = "decord") -> VideoReader | PyAVVideo:
