@@ -1,8 +1,8 @@
 """The fine-tuning recipe against references written out from REFERENCE.md §2 (tests/reference.py),
-not against the library's own parts: two real optimiser steps of the engine (`Finetune.train_step`
-on its own loader's batches, a tiny model of each patchify, accumulation 2) against the same
-steps done by hand; then whole runs with one process and with two (gloo), with accumulation 1
-and 2, which must agree."""
+not against the library's own parts: two real optimiser steps of the engine (its
+`components.OptimiserStep`, on its own loader's batches, a tiny model of each patchify,
+accumulation 2) against the same steps done by hand; then whole runs with one process and with
+two (gloo), with accumulation 1 and 2, which must agree."""
 
 import copy
 import json
@@ -113,7 +113,8 @@ def test_two_engine_steps_are_the_reference_adamw_steps(tiny, global_rngs, patch
         torch.device("cpu"),
         len(batches),
     )
-    losses = [float(trainer.train_step(feeder, lr)) for lr in LRS]
+    step = trainer.optimiser_step()  # the engine's (components.OptimiserStep)
+    losses = [float(step(feeder, lr)) for lr in LRS]
 
     torch.set_rng_state(streams[0])
     np.random.set_state(streams[1])
