@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from reference import top_k_hits, video_probabilities
 
 from k400ft import metrics
-from k400ft.evaluate import iter_view_batches, merge_shards
+from k400ft.evaluate import iter_view_batches, merge_shards, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,9 +231,39 @@ def test_merge_shards_drops_padding_and_checks_completeness():
         merge_shards([shard([0, 1, 2, 3, 4], broken={2: "x"})], 5, 2, 1)
 
 
+def recomputed(arrays: dict) -> tuple[float, float]:
+    """(Top-1, Top-5) in percent from logits.npz's arrays, by the reference (REFERENCE.md §4):
+    each view's softmax, the mean per video, the label among the k highest."""
+    videos, probs = video_probabilities(arrays["logits"], arrays["video"])
+    labels = np.array([arrays["label"][arrays["video"] == v][0] for v in videos])
+    return tuple(100 * float(top_k_hits(probs, labels, k).mean()) for k in (1, 5))
+
+
+def test_metrics_json_is_logits_npz_scored_by_the_reference(tmp_path):
+    """12 classes, 10 videos x 2 x 3 views whose labels sit at chosen ranks of their mean
+    probability (0, 1, 3, 4, 5, 7, 11, ...): metrics.json's Top-1 and Top-5 are those ranks'
+    shares, recomputed from the float16 logits written beside them."""
+    rng = np.random.default_rng(3)
+    video, segment, crop = views_of(range(10), S, C)
+    logits = (rng.normal(size=(len(video), K)) * 3).astype(np.float16)
+    _, probs = video_probabilities(logits, video)
+    ranks = np.array([0, 1, 3, 4, 5, 7, 11, 0, 6, 2])
+    order = np.argsort(-probs, axis=1, kind="stable")
+    label = order[np.arange(10), ranks][video]
+    merged = {"logits": logits, "video": video, "segment": segment, "crop": crop, "label": label}
+    paths = [f"/k400/v{i}.mp4" for i in range(10)]
+    result = write_outputs(tmp_path, merged, {}, paths, {"views": S * C})
+    assert (result["top1"], result["top5"]) == pytest.approx((20.0, 60.0))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    with np.load(tmp_path / "logits.npz") as data:
+        arrays = {key: data[key] for key in data.files}
+    assert (saved["top1"], saved["top5"]) == pytest.approx(recomputed(arrays)) == (20.0, 60.0)
+    assert saved["videos"] == 10 and saved["views"] == S * C
+
+
 # ---------------------------------------------------------------- the stage end to end
 
-S, C, K = 2, 3, 3
+S, C, K = 2, 3, 12  # 12 classes: Top-5 is not 100% by construction
 DEMO = yaml.safe_load((ROOT / "demo/config.yaml").read_text())
 # the demo config's sections (every key the rule passes), at a tiny size
 TINY = {"img_size": 32, "num_frames": 4, "embed_dim": 16, "depth": 1, "drop_path": 0.0}
@@ -350,10 +381,38 @@ def test_two_processes_match_one_and_report_the_broken_video(tiny):
     assert BROKEN not in a1["video"] and sorted(set(a1["video"].tolist())) == [0, 1, 3, 4]
     assert a1["logits"].dtype == np.float16 and a1["logits"].shape == (4 * S * C, K)
     assert m1["weights_sha256"] == file_sha256(tiny / "final.pt")
-    # metrics.json is what the saved float16 logits give (the report recomputes it)
-    scores = metrics.aggregate(a1["logits"], a1["video"], a1["segment"], a1["crop"], a1["label"])
-    assert metrics.accuracy(scores) == {"top1": m1["top1"], "top5": m1["top5"]}
+    # metrics.json is what the saved float16 logits give, recomputed by the reference
+    assert (m1["top1"], m1["top5"]) == recomputed(a1)
     assert not list((tiny / "out2").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("problem", ["label", "empty"])
+def test_cli_refuses_a_bad_test_csv_with_exit_2_and_one_line(
+    tiny, tmp_path, monkeypatch, capsys, problem
+):
+    """scripts/evaluate.py on a test CSV with a label outside the classes, or without videos:
+    exit 2, one line naming the file (and the line), no traceback, nothing written."""
+    import runpy
+
+    rows = (tiny / "test.csv").read_text().splitlines(keepends=True)
+    bad = tmp_path / "test.csv"
+    if problem == "label":
+        path = rows[3].rsplit(" ", 1)[0]
+        bad.write_text("".join(rows[:3]) + f"{path} {K}\n")
+        expected = f"error: {bad}:4: label {K} is outside 0..{K - 1} (num_classes {K})"
+    else:
+        bad.write_text("\n")
+        expected = f"error: {bad}: no videos (not one '<video path> <label>' line)"
+    out = tmp_path / "out"
+    argv = ["evaluate.py", "--spec", json.dumps(eval_spec(ARCH_2D, "ours")), "--device", "cpu"]
+    argv += ["--test", str(bad), "--weights", str(tiny / "final.pt"), "--out-dir", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/evaluate.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(expected), err
+    assert not out.exists()
 
 
 def test_released_checkpoint_eval_only_path(tiny):

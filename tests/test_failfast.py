@@ -22,6 +22,7 @@ from test_finetune import (
     ENV,
     NUM_CLASSES,
     TINY_ARCH,
+    VAL_VIDEOS,
     alive,
     cli_args,
     process_tree,
@@ -141,7 +142,7 @@ def test_the_fault_harness_runs_a_healthy_evaluation_to_the_end(eval_inputs):
     root, spec, weights = eval_inputs
     code, stderr, _ = run_to_the_end(eval_command(root, spec, weights, "none", root / "val.csv"))
     assert code == 0, stderr[-3000:]
-    assert json.loads((root / "eval_out/metrics.json").read_text())["videos"] == 4
+    assert json.loads((root / "eval_out/metrics.json").read_text())["videos"] == VAL_VIDEOS
 
 
 # ---------------------------------------------------------------- split CSV labels
@@ -191,11 +192,15 @@ def test_the_finetune_cli_refuses_a_bad_label_naming_file_and_line(tiny):
     rows = (root / "train.csv").read_text().splitlines()
     bad = root / "bad_labels"
     bad.mkdir(exist_ok=True)
-    rows[6] = rows[6].rsplit(" ", 1)[0] + " 9"
+    rows[6] = rows[6].rsplit(" ", 1)[0] + f" {NUM_CLASSES}"
     (bad / "train.csv").write_text("\n".join(rows) + "\n")
     args = cli_args(root, spec, "bad_labels")
     args[args.index("--train") + 1] = str(bad / "train.csv")
     code, stderr, _ = run_to_the_end([sys.executable, str(ROOT / "scripts/finetune.py"), *args])
     assert code == 2
-    assert_ends_with(stderr, f"{bad / 'train.csv'}:7: label 9 is outside 0..3 (num_classes 4)")
+    assert_ends_with(
+        stderr,
+        f"{bad / 'train.csv'}:7: label {NUM_CLASSES} is outside 0..{NUM_CLASSES - 1} "
+        f"(num_classes {NUM_CLASSES})",
+    )
     assert not (root / "bad_labels/state").exists()  # refused before anything was written

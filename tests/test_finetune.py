@@ -373,15 +373,16 @@ def test_shard_sampler_covers_every_video_once():
 # environment variables and gloo); the resume of the killed 2-rank run goes through torchrun
 # and the CLI.
 
-NUM_CLASSES = 4
+NUM_CLASSES = 10  # more than 5: a validation Top-5 below 100% is possible
+VAL_VIDEOS = 10
 STEPS = 2 * (16 // 4)  # 16 train videos, global batch 4, 2 epochs
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """16 train + 4 val tiny real mp4 files (one unreadable: replaced deterministically), a
-    CatMAE-layout pretrained checkpoint, and the spec."""
+    """16 train + 10 val tiny real mp4 files (one unreadable: replaced deterministically; the
+    val files one of each class), a CatMAE-layout pretrained checkpoint, and the spec."""
     from videos import write_pattern_mp4
 
     from k400ft.layouts import upstream_state_dict
@@ -389,7 +390,7 @@ def tiny(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("finetune")
     rows = {"train": [], "val": []}
-    for i in range(20):
+    for i in range(16 + VAL_VIDEOS):
         path = write_pattern_mp4(
             root / f"videos/v{i:02d}.mp4", num_frames=20 + i % 7, seed=i, gop=8
         )
@@ -519,14 +520,19 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def signal_at_step(root: Path, name: str, pids: list[int], after_steps: int, sig: int) -> None:
-    """Once `after_steps` step lines are logged, and at least one by this run, send `sig`
-    (SIGKILL: to every process of the run at once, data workers included, like a lost node)."""
+def wait_for_step(root: Path, name: str, after_steps: int) -> None:
+    """Until `after_steps` step lines are logged, and at least one by this run."""
     deadline = time.monotonic() + 120
     target = max(after_steps, step_lines(root / name / "state") + 1)
     while step_lines(root / name / "state") < target:
         assert time.monotonic() < deadline, "the run never reached the kill point"
         time.sleep(0.01)
+
+
+def signal_at_step(root: Path, name: str, pids: list[int], after_steps: int, sig: int) -> None:
+    """Once `after_steps` step lines are logged, and at least one by this run, send `sig`
+    (SIGKILL: to every process of the run at once, data workers included, like a lost node)."""
+    wait_for_step(root, name, after_steps)
     targets = [p for pid in pids for p in process_tree(pid)] if sig == signal.SIGKILL else pids
     for pid in targets:
         with contextlib.suppress(ProcessLookupError):
@@ -584,7 +590,9 @@ def test_uninterrupted_run_outputs_log_and_schedule(tiny, reference):
         1e-3 * 4 / 256
     )  # warmup 0 -> lr
     epochs = [line for line in lines if line["type"] == "epoch"]
-    assert [e["epoch"] for e in epochs] == [0, 1] and all(e["val_videos"] == 4 for e in epochs)
+    assert [e["epoch"] for e in epochs] == [0, 1] and all(
+        e["val_videos"] == VAL_VIDEOS for e in epochs
+    )
     assert (
         final["epoch"] == 1 and final["arch"] == TINY_ARCH and final["num_classes"] == NUM_CLASSES
     )
@@ -607,26 +615,80 @@ def test_uninterrupted_run_outputs_log_and_schedule(tiny, reference):
     assert_same_run(reference, outcome(root / "ref/out"))
 
 
-def test_sigkill_and_sigterm_at_random_steps_then_resume_is_bit_identical(tiny, reference):
+def test_validation_metrics_are_the_final_weights_logits_scored_again(tiny, reference):
+    """The last epoch's logged val_top1 / val_top5 / val_loss, recomputed in the test from the
+    final weights' logits on that epoch's validation clips (one view per video, its temporal
+    window drawn for the epoch) with the reference Top-k (tests/reference.py) and a float64
+    cross entropy: 10 classes, so Top-5 is not 100% by construction, and the run's Top-1 and
+    Top-5 differ (a Top-1 counted from top-5 hits would show)."""
+    from reference import top_k_hits
+
+    from k400ft.models import build_model
+    from k400ft.video import TrainDataset
+
     root, spec = tiny
-    # 8 steps, 4 per epoch; SIGTERM no later than step 6 (one landing in the last step finishes)
-    first, second, third = sorted(random.Random(0).sample(range(1, STEPS // 2 + 1), 3))
-    for after in (first, second):  # SIGKILL twice, at two random steps
+    final, lines = reference
+    last = [line for line in lines if line["type"] == "epoch"][-1]
+    model = build_model(spec["arch"], NUM_CLASSES)
+    model.load_state_dict(final["model"])
+    model.eval()
+    clips = TrainDataset(root / "val.csv", spec["data"], "validation", seed=spec["recipe"]["seed"])
+    clips.set_epoch(last["epoch"])
+    logits, labels = [], []
+    with torch.no_grad():
+        for index in range(len(clips)):
+            clip, label, _ = clips[index]
+            logits.append(model(clip).double().numpy()[0])
+            labels.append(int(label[0]))
+    logits, labels = np.stack(logits), np.array(labels)
+    assert sorted(labels.tolist()) == list(range(NUM_CLASSES))
+    top1 = 100 * top_k_hits(logits, labels, 1).mean()
+    top5 = 100 * top_k_hits(logits, labels, 5).mean()
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    nll = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]
+    assert (last["val_top1"], last["val_top5"]) == pytest.approx((top1, top5))
+    assert last["val_loss"] == pytest.approx(nll.mean(), rel=1e-5)
+    assert last["val_videos"] == len(labels) == VAL_VIDEOS
+    assert top1 < top5 < 100  # the run tells them apart
+
+
+def test_sigkill_sigterm_sigusr1_and_ctrl_c_at_random_steps_then_resume_is_bit_identical(
+    tiny, reference
+):
+    """SIGKILL twice, SIGTERM and SIGUSR1 (SLURM's signals: save at the next step boundary,
+    exit 75), a Ctrl-C (SIGINT to the trainer and its loader worker, as a terminal sends it to
+    the foreground group: exit 130, the state of the last step boundary kept), each at a
+    random step; then the run resumes and finishes bit-identical to the uninterrupted one."""
+    root, spec = tiny
+    # 8 steps, 4 per epoch; each stop at least one step after the last, the last by step 6 (a
+    # signal landing in the last step finishes)
+    points = sorted(random.Random(0).sample(range(1, STEPS - 1), 5))
+    stops = zip(points, (signal.SIGKILL, signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1,
+                         signal.SIGINT), strict=True)  # fmt: skip
+    for after, sig in stops:
         ranks = fork_run(root, spec, "kill")
-        signal_at_step(root, "kill", [r.pid for r in ranks], after, signal.SIGKILL)
-        assert finish(ranks) == [-signal.SIGKILL]
+        if sig == signal.SIGINT:  # Ctrl-C: the whole foreground process group
+            wait_for_step(root, "kill", after)
+            for pid in process_tree(ranks[0].pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        else:
+            signal_at_step(root, "kill", [r.pid for r in ranks], after, sig)
+        expected = {signal.SIGKILL: -signal.SIGKILL, signal.SIGINT: ft.EXIT_INTERRUPTED}
+        assert finish(ranks) == [expected.get(sig, ft.EXIT_REQUEUE)], rank0_log(root, "kill")
         assert not (root / "kill/out").exists()
-    ranks = fork_run(root, spec, "kill")  # then SIGTERM: save at the next step, exit for a retry
-    signal_at_step(root, "kill", [r.pid for r in ranks], third, signal.SIGTERM)
-    assert finish(ranks) == [ft.EXIT_REQUEUE]
-    assert "stopped by signal SIGTERM" in rank0_log(root, "kill")
-    assert not (root / "kill/out").exists()
+    log_text = rank0_log(root, "kill")
+    for name in ("SIGTERM", "SIGUSR1"):
+        assert f"stopped by signal {name}; state saved" in log_text
+        assert "RESUMED at epoch" in log_text.split(f"stopped by signal {name}")[1]  # its save
+    assert log_text.count("rank 0 of 1: exitcode: 75 (stopped by a signal, state saved") == 2
+    interrupted = log_text.split("interrupted (SIGINT)")
+    assert len(interrupted) == 2 and "Traceback" not in interrupted[1].split("RESUMED")[0]
+    assert "rank 0 of 1: exitcode: 130 (interrupted)" in interrupted[1]
     assert finish(fork_run(root, spec, "kill")) == [0]
     log_text = rank0_log(root, "kill")
     assert "(signal: epoch" in log_text
-    assert (
-        "RESUMED at epoch" in log_text.split("stopped by signal SIGTERM")[1]
-    )  # from the signal's save
+    assert "RESUMED at epoch" in log_text.split("interrupted (SIGINT)")[1]
     assert not list((root / "kill/state").glob(".*.tmp"))  # a save cut by SIGKILL leaves no litter
     assert_same_run(reference, outcome(root / "kill/out"))
 

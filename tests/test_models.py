@@ -7,9 +7,11 @@ forward passes use small inputs (a full 16x224x224 forward takes seconds on one 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,6 +334,69 @@ def test_check_layout_accepts_every_upstream_layout():
     del finetuned["fc_norm.bias"]
     with pytest.raises(ValueError, match=r"missing 1 keys: fc_norm\.bias"):
         check_layout(finetuned, "videomae_finetuned")
+
+
+RELEASED = json.loads((Path(__file__).parent / "data/videomae_vits16_keys.json").read_text())
+
+
+def frozen_checkpoint(fmt: str) -> tuple[dict, list[tuple[str, tuple[int, ...]]]]:
+    """A checkpoint of the frozen list's keys and shapes (distinct values per tensor), wrapped
+    as the released file is; and the list."""
+    entry = RELEASED[fmt]
+    keys = [(name, tuple(shape)) for name, shape in entry["keys"]]
+    generator = torch.Generator().manual_seed(5)
+    state = {name: torch.randn(shape, generator=generator) * 0.02 for name, shape in keys}
+    return {entry["wrapper"]: state}, keys
+
+
+@pytest.mark.parametrize("fmt", ["videomae_pretrain", "videomae_finetuned"])
+def test_videomae_layout_is_the_released_checkpoints_frozen_key_list(fmt, tmp_path):
+    """Our VideoMAE layout against the released files' every key and shape, frozen as data
+    (tests/data/videomae_vits16_keys.json, from REFERENCE.md section 1, not from our code): the
+    layout check accepts it, the ViT-S model takes every encoder tensor from it (the head too
+    for the fine-tuned file) and ignores exactly the pretraining-only keys; and the layout our
+    tests and demo write holds the same keys and shapes (one decoder block of the four)."""
+    checkpoint, keys = frozen_checkpoint(fmt)
+    state = checkpoint[RELEASED[fmt]["wrapper"]]
+    check_layout(state, fmt)
+    path = save(checkpoint, tmp_path / f"{fmt}.pth")
+    model = build_model(VIDEOMAE_VITS16, 400)
+    target = model.state_dict()
+    if fmt == "videomae_pretrain":
+        report = load_pretrained(model, path, fmt)
+        prefix = "encoder."
+        expected_ignored = {
+            name
+            for name, _ in keys
+            if name.startswith(("decoder.", "encoder_to_decoder.", "encoder.norm."))
+            or name == "mask_token"
+        }
+        assert set(report.ignored) == expected_ignored and len(expected_ignored) == 60
+        assert sorted(report.missing) == sorted(NEW_AT_FINETUNE)
+    else:
+        report = load_weights(model, path, fmt)
+        prefix = ""
+        assert not report.ignored and not report.missing
+    loaded = {
+        name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)
+    }
+    fresh = set(NEW_AT_FINETUNE) if fmt == "videomae_pretrain" else set()
+    assert set(target) - set(loaded) == fresh  # every other model tensor is in the file
+    for key, value in model.state_dict().items():
+        if key not in fresh:
+            assert torch.equal(value, loaded[key]), key
+    assert sorted(report.loaded) == sorted(set(target) & set(loaded)) and len(report.loaded) == (
+        158 if fmt == "videomae_pretrain" else 162
+    )
+    written = upstream_state_dict(
+        VIDEOMAE_VITS16, fmt, num_classes=400 if fmt == "videomae_finetuned" else None
+    )[RELEASED[fmt]["wrapper"]]
+    shapes = dict(keys)
+    assert {k: tuple(v.shape) for k, v in written.items()} == {
+        k: s
+        for k, s in shapes.items()
+        if not k.startswith(("decoder.blocks.1.", "decoder.blocks.2.", "decoder.blocks.3."))
+    }
 
 
 class RunsCode:

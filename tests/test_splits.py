@@ -321,13 +321,20 @@ def test_truncated_and_audio_only_files_are_dropped_for_both_decoders(tmp_path, 
     """The probe decides for both data.decoder choices. A faststart mp4 cut after its 30th
     of 60 video packets opens with decord, but PyAV finds it truncated: dropped (it was
     kept, and PyAV then refused it in the data path). Cut inside that packet: decord refuses
-    it. An audio-only file: the reason says so (decord said "Check failed: st_nb >= 0")."""
+    it. Cut a few frames short, B-frames last in the file: both decoders read it (57 of 60
+    frames, the last one shown still there), PyAV finds the hole: dropped (it was kept). An
+    audio-only file: the reason says so (decord said "Check failed: st_nb >= 0")."""
     whole = write_pattern_mp4(tmp_path / "whole.mp4", 60, 32, 40, seed=3, faststart=True)
     first, after = videos.packet_spans(whole)[29]
+    frames = videos.frame_pattern(60, 32, 40, seed=3)
+    b_frames_last = videos.write_variant(tmp_path / "b.mp4", "cfr", frames, gop=25, faststart=True)
     root = tmp_path / "k400"
     files = {
         "between": videos.truncate(whole, root / "train/zumba/between.mp4", after),
         "inside": videos.truncate(whole, root / "train/zumba/inside.mp4", (first + after) // 2),
+        "short": videos.truncate(
+            b_frames_last, root / "train/zumba/short.mp4", videos.packet_spans(b_frames_last)[56][1]
+        ),
         "sound": videos.write_audio_only(root / "train/zumba/sound.mp4"),
     }
     for split in ("train", "val"):
@@ -341,6 +348,10 @@ def test_truncated_and_audio_only_files_are_dropped_for_both_decoders(tmp_path, 
     between = dropped[str(files["between"])]
     assert between.startswith(f"undecodable: {files['between']}: truncated: the file holds 30 of")
     assert dropped[str(files["inside"])].startswith("undecodable: ")
+    assert dropped[str(files["short"])].startswith(
+        f"undecodable: {files['short']}: truncated: the file holds 57 of the 60 video frames "
+        "its index lists, frames missing from "
+    )
     assert dropped[str(files["sound"])] == f"undecodable: {files['sound']}: no video stream"
-    assert summary["splits"]["train"]["dropped"] == {"undecodable": 3}
+    assert summary["splits"]["train"]["dropped"] == {"undecodable": 4}
     assert summary["splits"]["train"]["kept"] == 2

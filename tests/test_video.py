@@ -10,7 +10,15 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from reference import ClipAugment, apply_same_draw, naive_test_view, upstream_resize
+from reference import (
+    ClipAugment,
+    apply_same_draw,
+    naive_test_view,
+    tensor_normalize,
+    upstream_crop_box,
+    upstream_resize,
+    upstream_test_view,
+)
 from torchvision.transforms import RandomResizedCrop
 from videos import frame_number, frame_pattern, k400_like_frames, write_mp4, write_pattern_mp4
 
@@ -230,33 +238,6 @@ def test_random_resized_crop_box_matches_torchvision_distribution():
         assert abs(ours[:, column].mean() - theirs[:, column].mean()) < 5 * spread
 
 
-def upstream_crop_box(height, width, scale, ratio):
-    """REFERENCE.md section 3's `_get_param_spatial_crop`, restated from its description: each
-    of up to 10 tries draws the area and the log-aspect from Python's global stream, then
-    evaluates `np.random.uniform() < 0.5 and switch_hw` (switch_hw False for train clips), then
-    checks the fit; the fitting try draws top and left; else the centred fallback.
-    Returns (box, tries)."""
-    frame_area = height * width
-    low, high = math.log(ratio[0]), math.log(ratio[1])
-    for tries in range(1, 11):
-        area_draw = random.uniform(scale[0], scale[1])
-        aspect_draw = random.uniform(low, high)
-        switch_hw = False
-        if np.random.uniform() < 0.5 and switch_hw:
-            raise AssertionError("switch_hw is False for train clips")
-        target, aspect = area_draw * frame_area, math.exp(aspect_draw)
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-        if 0 < h <= height and 0 < w <= width:
-            return (random.randint(0, height - h), random.randint(0, width - w), h, w), tries
-    frame_ratio = float(width) / float(height)
-    h, w = height, width
-    if frame_ratio < min(ratio):
-        h = int(round(width / min(ratio)))
-    elif frame_ratio > max(ratio):
-        w = int(round(height * max(ratio)))
-    return ((height - h) // 2, (width - w) // 2, h, w), tries
-
-
 def _seed_streams(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -395,7 +376,9 @@ def test_test_views_equal_views_decoded_separately(clips, tmp_path, name):
     naive = torch.stack(
         [naive_test_view(clips[name], DATA, s, c, 5, 3) for s in range(5) for c in range(3)]
     )
-    assert torch.equal(item["views"], naive)
+    # the same pixels, normalised up to float rounding (upstream's (x / 255 - mean) / std
+    # against one multiply-add: < 1e-6; one level is 1 / (255 x std) > 0.017)
+    torch.testing.assert_close(item["views"], naive, rtol=0, atol=1e-6)
 
 
 def test_uint8_test_views_normalised_on_the_device_match(clips, tmp_path):
@@ -414,11 +397,9 @@ def test_test_views_skip_resize_when_short_side_fits(tmp_path):
     views = V.TestDataset(_csv(tmp_path, [(str(path), 0)]), DATA, 5, 3)[0]["views"]
     raw = torch.from_numpy(V.open_video(str(path)).get_batch(list(range(0, 20, 4))).asnumpy())
     last = views[-1]  # segment 4, crop 2: frames 0..16 step 4 padded, columns 8..39
-    expected = V.normalize(
-        raw[:, :, 8:40].permute(0, 3, 1, 2), torch.tensor(DATA["mean"]), torch.tensor(DATA["std"])
-    )
-    assert torch.equal(last[:, :5], expected)
-    assert torch.equal(last[:, 5:], expected[:, -1:].expand(-1, 11, -1, -1))
+    expected = tensor_normalize(raw[:, :, 8:40], DATA["mean"], DATA["std"]).permute(3, 0, 1, 2)
+    torch.testing.assert_close(last[:, :5], expected, rtol=0, atol=1e-6)  # float rounding
+    assert torch.equal(last[:, 5:], last[:, 4:5].expand(-1, 11, -1, -1))
 
 
 # (height, width) of footage-like frames: K400's short side 320 at 16:9, 4:3 and portrait
@@ -443,18 +424,17 @@ UPSTREAM_SIZES = [
 @pytest.mark.parametrize(("height", "width"), UPSTREAM_SIZES)
 def test_test_views_and_validation_clip_are_upstreams_opencv_pixels(tmp_path, height, width):
     """Byte for byte what upstream's `resize_clip` (cv2.resize, INTER_LINEAR, per frame) then
-    its crops give: all 15 test views (uint8) and the validation clip."""
+    its crops give (tests/reference.py): all 15 test views (uint8), and the validation clip
+    (normalised to within float rounding)."""
     data = {**DATA, "short_side_size": 224, "input_size": 224}
     frames = k400_like_frames(16, height, width, seed=height + width)
-    resized = upstream_resize(frames, 224)
-    upstream = torch.from_numpy(resized).permute(3, 0, 1, 2)  # [3, T, h, w]
     csv = _csv(tmp_path, [("never decoded.mp4", 0)])
     views = V.TestDataset(csv, data, 5, 3, normalized=False).views(frames)
     expected = torch.stack(
         [
-            upstream[:, start : start + 16, top : top + 224, left : left + 224]
-            for start in V.test_view_starts(16, 16, 5)
-            for top, left in V.test_crop_offsets(*resized.shape[1:3], 224, 3)
+            torch.from_numpy(upstream_test_view(frames, 224, 16, s, c, 5, 3)).permute(3, 0, 1, 2)
+            for s in range(5)
+            for c in range(3)
         ]
     )
     diff = views.int() - expected.int()
@@ -462,12 +442,12 @@ def test_test_views_and_validation_clip_are_upstreams_opencv_pixels(tmp_path, he
         f"{(diff != 0).float().mean():.1%} of the test views' values differ from upstream's, "
         f"mean {diff.float().mean():+.3f} levels"
     )
-    top, left = V.center_crop_offset(*resized.shape[1:3], 224)
-    crop = torch.from_numpy(resized[:, top : top + 224, left : left + 224]).permute(0, 3, 1, 2)
+    resized = upstream_resize(frames, 224)
+    top, left = (round((side - 224) / 2.0) for side in resized.shape[1:3])  # upstream's centre
+    crop = torch.from_numpy(resized[:, top : top + 224, left : left + 224])
     validation = V.TrainDataset(csv, data, "validation").validation_clip(frames)
-    assert torch.equal(
-        validation, V.normalize(crop, torch.tensor(data["mean"]), torch.tensor(data["std"]))
-    )
+    expected = tensor_normalize(crop, data["mean"], data["std"]).permute(3, 0, 1, 2)
+    torch.testing.assert_close(validation, expected, rtol=0, atol=1e-6)  # float rounding
 
 
 def test_broken_test_video_is_reported_not_raised(clips, tmp_path):
@@ -539,10 +519,11 @@ def test_validation_view_is_centre_crop_of_random_window(clips, tmp_path):
     with V.item_rngs(0, 0, 0) as rng:
         indices = V.train_frame_indices(70, rng)
     frames = torch.from_numpy(V.read_frames(V.open_video(clips["wide"]), indices))
-    resized = torch.from_numpy(upstream_resize(frames.numpy(), 32)).permute(0, 3, 1, 2)
-    assert resized.shape[-2:] == (32, 42)  # 48 x 64 -> 32 x 42
-    expected = V.normalize(resized[:, :, :, 5:37], dataset.mean, dataset.std)  # round(5.0)
-    assert torch.equal(clip[0], expected)
+    resized = upstream_resize(frames.numpy(), 32)  # 48 x 64 -> 32 x 42
+    assert resized.shape[1:3] == (32, 42)
+    centre = resized[:, :, 5:37]  # round((42 - 32) / 2) = 5
+    expected = tensor_normalize(torch.from_numpy(centre), DATA["mean"], DATA["std"])
+    torch.testing.assert_close(clip[0], expected.permute(3, 0, 1, 2), rtol=0, atol=1e-6)
 
 
 def test_broken_train_video_replaced_by_next_and_bounded(clips, tmp_path):

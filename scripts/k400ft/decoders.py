@@ -31,6 +31,7 @@ when the cut falls inside a packet, as it usually does).
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class PyAVVideo:
             if stream is None:
                 raise BrokenVideoError(f"{self.path}: no video stream")
             stream.codec_context.thread_count = 1
-            pts, keys, positions, end = [], [], [], None
+            pts, durations, keys, positions = [], [], [], []
             for packet in self._container.demux(stream):
                 if packet.pts is None:
                     if packet.size == 0:
@@ -79,9 +80,8 @@ class PyAVVideo:
                     keys.append((packet.pts, min(packet.pts, dts)))
                     positions.append(len(pts))
                 pts.append(packet.pts)
-                stop = packet.pts + (packet.duration or 0)
-                end = stop if end is None else max(end, stop)
-            shortfall = index_shortfall(stream, len(pts), end)
+                durations.append(packet.duration or 0)
+            shortfall = index_shortfall(stream, list(zip(pts, durations, strict=True)))
             if shortfall:
                 raise BrokenVideoError(f"{self.path}: {shortfall}")
         except BaseException:
@@ -137,33 +137,47 @@ class PyAVVideo:
         self._container.close()
 
 
-def index_shortfall(stream: av.VideoStream, count: int, end: int | None) -> str | None:
-    """Why a video stream's `count` packets, the last ending at pts `end`, fall short of what
-    the file's index declares (a truncated file), or None when they do not.
+def index_shortfall(stream: av.VideoStream, spans: list[tuple[int, int]]) -> str | None:
+    """Why a video stream's packets, (pts, duration) each, fall short of what the file's index
+    declares (a truncated file), or None when they do not.
 
     A container with a per-frame index (mp4, mov) declares the stream's frame count
     (`stream.frames`) and duration; a download cut short keeps that index and loses its tail
     (with the index at the front, faststart, the file still opens). Fewer packets alone is no
     fault: an edit list that starts after whole GOPs drops their packets too, but the packets
-    left reach the declared end (start_time + duration). So truncated = fewer packets than
-    declared and the last ending more than half an average frame before the declared end.
-    Matroska and WebM declare no frame count: a cut one is not detected (decord reads what
-    is left of it too).
+    left reach the declared end (start_time + duration) without a hole. So truncated = fewer
+    packets than declared, and the last ending more than half an average frame before the
+    declared end, or a hole of more than half a frame between two frames left (a file cut a
+    few frames short can lose only B-frames, stored after the last frame shown, which then
+    still reaches the end). Matroska and WebM declare no frame count: a cut one is not
+    detected (decord reads what is left of it too).
     """
-    declared = stream.frames
+    declared, count = stream.frames, len(spans)
     if declared <= count:
         return None
-    declared_end = None
-    if stream.duration:
-        declared_end = (stream.start_time or 0) + stream.duration
-        if end is not None and end >= declared_end - stream.duration / (2 * declared):
-            return None
     where = ""
-    if end is not None and declared_end is not None and stream.time_base:
-        where = (
-            f", its video ending at {float(end * stream.time_base):.2f} s of "
-            f"{float(declared_end * stream.time_base):.2f} s"
+    if count and stream.duration and stream.time_base:
+        ordered = sorted(spans)
+        end = max(pts + duration for pts, duration in spans)
+        # the largest hole between a frame's end and the next one's start: (size, from, to)
+        hole = max(
+            ((b - (a + d), a + d, b) for (a, d), (b, _) in itertools.pairwise(ordered)),
+            default=(0, end, end),
         )
+        declared_end = (stream.start_time or 0) + stream.duration
+        half = stream.duration / (2 * declared)
+        if end < declared_end - half:
+            where = (
+                f", its video ending at {float(end * stream.time_base):.2f} s of "
+                f"{float(declared_end * stream.time_base):.2f} s"
+            )
+        elif hole[0] > half:
+            where = (
+                f", frames missing from {float(hole[1] * stream.time_base):.2f} s to "
+                f"{float(hole[2] * stream.time_base):.2f} s"
+            )
+        else:
+            return None
     return (
         f"truncated: the file holds {count} of the {declared} video frames its index lists{where}"
     )

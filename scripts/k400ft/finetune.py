@@ -205,17 +205,7 @@ class Finetune:
         distributed.barrier()
         self.progress = self.checkpointer.resume()
         self.model = runnable(self.net, plan.compile, self.device)
-        self.step = components.OptimiserStep(
-            self.model,
-            self.optimizer,
-            self.scaler,
-            self.mixup,
-            self.criterion,
-            self.device,
-            plan.precision,
-            plan.accumulation,
-            self.model.no_sync if distributed.active() else None,
-        )
+        self.step = self.optimiser_step()
         self.books.started(self.spec["arch"]["patchify"], self.progress.global_step)
         try:
             with self.checkpointer.signals_caught():
@@ -234,6 +224,20 @@ class Finetune:
             return EXIT_REQUEUE
         finally:
             self.books.train_log.close()
+
+    def optimiser_step(self) -> components.OptimiserStep:
+        """The engine's optimiser step on the model as it runs (`runnable`: compiled, DDP)."""
+        return components.OptimiserStep(
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self.mixup,
+            self.criterion,
+            self.device,
+            self.plan.precision,
+            self.plan.accumulation,
+            self.model.no_sync if distributed.active() else None,
+        )
 
     def run_epoch(self) -> dict:
         """One epoch: its optimiser steps (unless a resume found them done), a save,

@@ -209,9 +209,11 @@ def time_fed(trainer: Trainer, batches: Iterator, warmup: int, steps: int) -> di
     taking batches from `feed.Feeder` (the next batch made on the device while this step
     runs), each step's loss read back one step late (`feed.LateLoss`), in the order
     `Finetune.train_one_epoch` runs them; timed over `steps` steps after `warmup`: seconds
-    per step and the share of it spent waiting for the loader."""
+    per step and the share of it spent waiting for the loader. Each timed step fetches the
+    next batch, the last one included (one batch past the window), so the window holds
+    `steps` waits, not `steps` - 1."""
     device = trainer.device
-    feeder = feed.Feeder(batches, trainer.prepare, device, warmup + steps)
+    feeder = feed.Feeder(batches, trainer.prepare, device, warmup + steps + 1)
     pending, start = None, time.perf_counter()
     for index in range(warmup + steps):
         if index == warmup:

@@ -63,7 +63,9 @@ TRAIN_SPAN = 64
 # swaps in another video, so it never trains or tests on them: we drop them here.
 MIN_BYTES = 1024
 ANNOTATION_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
-CACHE_VERSION = 3  # 2: + decord_misnumbers; 3: truncated mp4 files decord opens are dropped
+# 2: + decord_misnumbers; 3: truncated mp4 files decord opens are dropped; 4: and those cut a
+# few frames short whose frames left still reach the declared end (decoders.index_shortfall)
+CACHE_VERSION = 4
 CACHE_SAVE_SECONDS = 60.0
 
 
