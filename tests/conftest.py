@@ -43,3 +43,13 @@ def mini_archive(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mini-archive")
     demo.write_archive(MINI_DEMO, MINI_KINETICS, folder)
     return folder
+
+import torch  # noqa: E402
+
+# The tests fork trainers that run backward passes. Autograd's engine starts its worker threads
+# at a process's first backward; once torch.compile has run in the process (test_augment's
+# compiled batches), that first backward starts threads a forked child cannot use ("Unable to
+# handle autograd's threading in combination with fork-based multiprocessing"). One backward
+# here, before anything is compiled, settles the engine as a plain CPU process's.
+_ONE = torch.ones(1, requires_grad=True)
+(2 * _ONE).sum().backward()
