@@ -1,5 +1,6 @@
 # Config: read, validated and cross-checked when the workflow loads (a bad key is one line
 # naming it and its allowed values, exit 2), then every input/param function the rules use.
+import itertools
 import json
 import os
 import sys
@@ -192,13 +193,57 @@ def row_spec(row):
     return config["models"].get(row) or config["released"][row]
 
 
+ON_DEMAND = ("all", "plan")  # rules `all` does not ask for: run by naming them
+
+
+def target_wildcards():
+    """The values each wildcard takes among the targets of `all` (`all_outputs`)."""
+    used = [spec["pretrained"] for spec in config["models"].values()]
+    used += [spec["checkpoint"] for spec in config["released"].values()]
+    return {
+        "ckpt": sorted(set(used)),
+        "model": MODELS,
+        "row": ROWS,
+        "shard": range(config["data"]["transcode"]["shards"]),
+    }
+
+
 def all_outputs():
-    return [
-        *rules.report.output,
-    ]
+    """Every declared output of every rule but ON_DEMAND's, for the wildcard values the config
+    names (and each rule's own constraints): `all` asks for each, so a missing one is remade
+    and everything after it follows. Snakemake alone skips a missing intermediate file when
+    the files after it exist (snakemake#1978): a `--forcerun evaluate` killed after Snakemake
+    had removed the evaluation's outputs left the old table in place, without a word. A new
+    rule's outputs join by themselves; a new wildcard needs its values in target_wildcards.
+    """
+    values, targets = target_wildcards(), []
+    for stage in workflow.rules:
+        if stage.name in ON_DEMAND:
+            continue
+        unknown = sorted(stage.wildcard_names - set(values))
+        if unknown:
+            raise WorkflowError(
+                f"no values for wildcard(s) {', '.join(unknown)} of {stage.name} among the "
+                "targets of `all`: add them to target_wildcards() in rules/common.smk"
+            )
+        names = sorted(stage.wildcard_names)
+        for combination in itertools.product(*(values[name] for name in names)):
+            wildcards = dict(zip(names, combination))
+            made = [path.apply_wildcards(wildcards) for path in stage.output]
+            targets += [path for path in made if stage.is_producer(path)]
+    return targets
 
 
 # demo stage
+def demo_checkpoints():
+    """The checkpoints the demo makes: those whose `path` is where rule demo_checkpoint writes."""
+    return [
+        ckpt
+        for ckpt, spec in config["checkpoints"].items()
+        if spec.get("path") == f"{RESULTS}/pretrained/{ckpt}.pth"
+    ]
+
+
 def demo_pretrained(ckpt):
     """Format, arch and pretext pretraining of the model that demo checkpoint `ckpt` pretrains."""
     model = next(m for m in config["models"].values() if m["pretrained"] == ckpt)

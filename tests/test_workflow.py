@@ -1,6 +1,8 @@
 """The workflow as a whole: config validation, the paper DAG, lint and formatting."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +119,45 @@ def paper_args(tmp_path) -> list[str]:
         *("--directory", str(tmp_path), "--configfile", str(ROOT / "config.yaml")),
         *("--config", f"kinetics={{root: {k400}, layout: annotations}}"),
     ]
+
+
+def finished_paper_run(tmp_path) -> list[str]:
+    """Every declared output of the paper DAG as a finished run leaves it (empty files of one
+    mtime, as the dry-run's summary lists them); returns the arguments of its dry-runs."""
+    args = paper_args(tmp_path)
+    summary = snakemake("-n", "--summary", *args).stdout
+    for line in summary.splitlines():
+        if line.startswith("results/"):
+            path = tmp_path / line.split("\t")[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path, (1e9, 1e9))
+    assert "Nothing to be done" in snakemake("-n", *args).stdout
+    return args
+
+
+@pytest.mark.parametrize(
+    ("missing", "remade"),
+    [
+        ("results/evaluate/videomae_vits16", {"evaluate": 1, "report": 1, "all": 1}),
+        (
+            "results/finetune/catmae_vits16/train_log.jsonl",
+            {"finetune": 1, "evaluate": 1, "report": 1, "all": 1},
+        ),
+    ],
+    ids=["evaluation", "fine-tune log"],
+)
+def test_a_missing_intermediate_output_is_remade_and_everything_after_it(tmp_path, missing, remade):
+    """`--forcerun evaluate` deletes the evaluation's outputs before the job runs; killed then,
+    the next run said "Nothing to be done" and kept the old table (Snakemake skips a missing
+    intermediate file when the files after it exist, snakemake#1978). Every stage's outputs
+    are targets of `all`: the missing one is remade and everything after it follows."""
+    args = finished_paper_run(tmp_path)
+    target = tmp_path / missing
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out = snakemake("-n", *args).stdout
+    assert "Nothing to be done" not in out, "the missing output was not remade"
+    assert job_counts(out) == remade, out[-3000:]
 
 
 def config_error(tmp_path, edit) -> subprocess.CompletedProcess:
