@@ -23,8 +23,11 @@ from test_finetune import (
     NUM_CLASSES,
     TINY_ARCH,
     alive,
+    assert_same_run,
     cli_args,
+    outcome,
     process_tree,
+    reference,
     tiny,
 )
 
@@ -36,7 +39,7 @@ FAULTS = ROOT / "tests/faults.py"
 HANG_LIMIT = 120
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
-__all__ = ["tiny"]  # the fixture, shared with test_finetune
+__all__ = ["reference", "tiny"]  # the fixtures, shared with test_finetune
 
 
 def run_to_the_end(command: list[str], env: dict | None = None) -> tuple[int, str, float]:
@@ -88,6 +91,24 @@ def test_a_finetune_error_after_the_workers_started_ends_the_process(tiny, fault
     assert_ends_with(stderr, expected)
     assert "Traceback" in stderr
     assert not (root / f"fault_{fault}/out/final.pt").exists()
+
+
+def test_a_full_disk_at_a_save_says_where_and_how_much_and_the_rerun_resumes(tiny, reference):
+    """The second save finds the disk full: one line names the state file, the bytes it
+    needed and that the previous state is intact (`OSError: [Errno 28] No space left on
+    device` said none of it); a rerun once there is space resumes from that state and ends
+    as an uninterrupted run."""
+    root, spec = tiny
+    code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full", "disk_full"))
+    assert code == 1 and "Traceback" not in stderr, stderr[-3000:]
+    error, exit_line = stderr.strip().splitlines()[-2:]
+    assert f"ERROR k400ft.finetune: {root / 'full/state/last.pt'}: no space left" in error
+    assert error.endswith("the previous state is intact; free space and rerun to resume")
+    assert exit_line.endswith("rank 0 of 1: exitcode: 1 (failed)")
+    code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full", "none"))
+    assert code == 0, stderr[-3000:]
+    assert "using the previous state" in stderr
+    assert_same_run(reference, outcome(root / "full/out"))
 
 
 def test_an_error_on_one_rank_of_two_ends_the_whole_job(tiny):

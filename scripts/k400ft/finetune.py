@@ -189,6 +189,8 @@ class Finetune:
                 error = err
             finally:
                 video.close_loaders(self.train_loader, self.val_loader)
+                if self.meter is not None:  # the bar's last draw before the exit line
+                    self.meter.close()
             return report_exit(code, error)
 
     def train(self) -> int:
@@ -439,6 +441,9 @@ def report_exit(code: int, error: BaseException | None) -> int:
         log.error("%s", error)
     elif isinstance(error, state.StateLocked):
         code = EXIT_LOCKED
+        log.error("%s", error)
+    elif isinstance(error, state.StateNotSaved):  # a full disk: one line says what to do
+        code = 1
         log.error("%s", error)
     elif isinstance(error, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
