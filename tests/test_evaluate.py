@@ -381,3 +381,23 @@ def test_released_checkpoint_eval_only_path(tiny):
     np.testing.assert_allclose(
         arrays["logits"][rows].astype(np.float32), expected, rtol=2e-3, atol=2e-3
     )
+
+
+def test_the_cli_refuses_an_unknown_decoder_in_one_line(tiny, tmp_path, monkeypatch, capsys):
+    """Exit 2 and one line naming data.decoder and its values, before any video is read (a
+    ValueError traceback and exit 1 before)."""
+    import runpy
+
+    spec = eval_spec(ARCH_2D, "ours")
+    spec["data"] = {**spec["data"], "decoder": "ffmpeg"}
+    argv = ["evaluate.py", "--spec", json.dumps(spec), "--device", "cpu"]
+    argv += ["--test", str(tiny / "test.csv"), "--weights", str(tiny / "final.pt")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/evaluate.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "error: data.decoder: 'ffmpeg' is not one of decord, pyav"
+    )
+    assert not (tmp_path / "out").exists()

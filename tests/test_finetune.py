@@ -707,6 +707,47 @@ def test_cli_refuses_a_global_batch_that_does_not_split(tiny, monkeypatch, capsy
     assert not (root / "bad/out").exists()
 
 
+def refused_in_one_line(monkeypatch, capsys, args: list[str]) -> str:
+    """Run scripts/finetune.py with `args`: exit 2, one error line and then the exit line, no
+    traceback; returns the error line's message."""
+    monkeypatch.setattr(sys, "argv", ["finetune.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/finetune.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err[-3000:]
+    error, last = err.strip().splitlines()[-2:]
+    assert last.endswith("rank 0 of 1: exitcode: 2 (a refused spec or split CSV)")
+    return error.split("ERROR k400ft.finetune: ", 1)[1]
+
+
+def test_cli_refuses_an_unknown_decoder_in_one_line(tiny, monkeypatch, capsys):
+    """data.decoder: ffmpeg was a ValueError traceback and exit 1; the README promises 2."""
+    root, spec = tiny
+    bad = json.loads(json.dumps(spec))
+    bad["data"]["decoder"] = "ffmpeg"
+    error = refused_in_one_line(monkeypatch, capsys, cli_args(root, bad, "ffmpeg"))
+    assert error == "data.decoder: 'ffmpeg' is not one of decord, pyav"
+    assert not (root / "ffmpeg").exists()
+
+
+def test_cli_refuses_a_train_split_smaller_than_a_global_batch_naming_the_file(
+    tiny, monkeypatch, capsys
+):
+    """As the plan does: the user's file, its count and what needs more ("the train split has
+    3 videos" named no file)."""
+    root, spec = tiny
+    small = root / "small" / "train.csv"
+    small.parent.mkdir(exist_ok=True)
+    small.write_text("".join((root / "train.csv").read_text().splitlines(True)[:3]))
+    args = cli_args(root, spec, "small")
+    args[args.index("--train") + 1] = str(small)
+    error = refused_in_one_line(monkeypatch, capsys, args)
+    assert error == (
+        f"{small}: 3 video(s); a fine-tune step takes one global batch of 4 (finetune.global_batch)"
+    )
+    assert sorted(p.name for p in small.parent.iterdir()) == ["train.csv"]
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_cli_refuses_a_split_csv_without_videos_in_one_line(tiny, monkeypatch, capsys, split):
     """Exit 2 (a refused split CSV), one error line naming the user's file, then the exit line;

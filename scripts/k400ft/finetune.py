@@ -131,7 +131,7 @@ class Finetune:
             val_csv, data, "validation", seed=seed, num_classes=classes
         )
         self.plan = schedule.make_plan(
-            spec, info.world_size, len(self.train_set), len(self.val_set), self.device
+            spec, info.world_size, len(self.train_set), len(self.val_set), self.device, train_csv
         )
         self.identity = lifecycle.run_identity(
             spec, {"train": train_csv, "val": val_csv, "pretrained": pretrained}

@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from k400ft import augment
 from k400ft.decoders import DECODERS, open_video, read_frames
 from k400ft.io import atomic_write, die_with_parent
+from k400ft.schedule import SpecError
 
 LOG = logging.getLogger("k400ft.video")
 
@@ -339,8 +340,8 @@ class _SplitVideos(Dataset):
         self.mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
         self.std = torch.tensor(data_cfg["std"], dtype=torch.float32)
         self.decoder = str(data_cfg.get("decoder", "decord"))
-        if self.decoder not in DECODERS:
-            raise ValueError(f"data.decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
+        if self.decoder not in DECODERS:  # a refused spec (a stage's script exits 2)
+            raise SpecError(f"data.decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
 
     def __len__(self) -> int:
         return len(self._paths)
