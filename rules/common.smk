@@ -172,6 +172,14 @@ def launch_threads(stage):
     return procs * (config["data"]["num_workers"] + 1)
 
 
+def cpu_threads(stage):
+    """On the CPU device, the stage's intra-op thread count (`launch.<stage>.cpu_threads`), a
+    part of its spec: float results depend on it, and the job's OMP_NUM_THREADS (Snakemake:
+    the job's threads) must not decide them. Nothing on CUDA, where it changes nothing."""
+    spec = config["launch"][stage]
+    return {"cpu_threads": spec["cpu_threads"]} if spec["device"] == "cpu" else {}
+
+
 def launch_resources(stage):
     """What a torchrun stage asks the scheduler for (snakemake-executor-plugin-slurm 2.x).
 
@@ -293,6 +301,7 @@ def finetune_params(model):
         "data": {k: v for k, v in config["data"].items() if k not in NOT_FINETUNE_DATA},
         "num_classes": config["kinetics"]["num_classes"],
         "pretrained_format": config["checkpoints"][spec["pretrained"]]["format"],
+        **cpu_threads("finetune"),
     }
 
 
@@ -348,6 +357,7 @@ def eval_params(row):
             if row in config["models"]
             else config["checkpoints"][spec["checkpoint"]]["format"]
         ),
+        **cpu_threads("evaluate"),
     }
 
 

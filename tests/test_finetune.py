@@ -772,6 +772,34 @@ def test_cli_refuses_a_split_csv_without_videos_in_one_line(tiny, monkeypatch, c
     assert sorted(p.name for p in empty.parent.iterdir()) == [empty.name]  # no state, no out
 
 
+def test_the_cpu_thread_count_is_the_specs_whatever_the_jobs_cpus(tiny):
+    """Snakemake sets OMP_NUM_THREADS to a job's threads (`--cores 1`, another SLURM CPU
+    count): the same spec gave another val_loss from epoch 0 and another final.pt, and nothing
+    reran. On CPU the intra-op thread count is the spec's `cpu_threads` (config
+    launch.finetune.cpu_threads, a param of the rule), recorded in spec.json. As Snakemake's
+    `--cores 1` and `--cores 2` start it: 1 CPU (no loader worker, the clips made in the
+    trainer) and 2 CPUs (one worker)."""
+    root, spec = tiny
+    spec = {**spec, "cpu_threads": 2}
+    runs = []
+    for threads in ("1", "2"):
+        name = f"omp_{threads}"
+        command = [sys.executable, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, name)]
+        proc = subprocess.run(
+            [*command, "--threads", threads],
+            env={**ENV, "OMP_NUM_THREADS": threads},
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(outcome(root / name / "out"))
+        resolved = json.loads((root / name / "out/spec.json").read_text())
+        assert resolved["spec"]["cpu_threads"] == resolved["plan"]["cpu_threads"] == 2
+    assert_same_run(*runs)
+
+
 def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_reference):
     """torchrun starts each trainer in a session of its own: without the parent-death signal a
     kill -9 of torchrun left them training, and the re-run trained beside them."""

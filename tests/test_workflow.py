@@ -92,6 +92,7 @@ def test_the_plan_target_needs_only_the_splits_never_a_fine_tune(tmp_path):
 def test_demo_dag_dry_run(tmp_path):
     out = snakemake(
         "-n",
+        "-p",
         "--directory",
         str(tmp_path),
         "--configfile",
@@ -110,6 +111,10 @@ def test_demo_dag_dry_run(tmp_path):
         "report": 1,
         "all": 1,
     }
+    # on CPU the intra-op thread count is part of each fine-tune's and evaluation's spec
+    # (params: a change reruns them), not the job's OMP_NUM_THREADS
+    assert out.count('"cpu_threads": 2') == 4, out[-3000:]
+    assert '"cpu_threads"' not in paper_dry_run(tmp_path / "paper", "-p")  # CUDA: not used
 
 
 def paper_args(tmp_path) -> list[str]:

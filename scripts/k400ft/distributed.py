@@ -52,11 +52,12 @@ def _env_int(name: str, default: int) -> int:
         raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def init(device: str | None = None) -> DistInfo:
+def init(device: str | None = None, cpu_threads: int | None = None) -> DistInfo:
     """Join the torchrun job (or stay one process), pick this rank's device.
 
     device: "cuda" | "cpu" | None (cuda when available). On CUDA each process uses GPU
-    LOCAL_RANK and the NCCL backend; on CPU the gloo backend. A process started by torchrun
+    LOCAL_RANK and the NCCL backend; on CPU the gloo backend and `cpu_threads` intra-op
+    threads (`set_cpu_threads`). A process started by torchrun
     gets SIGKILL when torchrun dies (`io.die_with_parent`): torchrun puts each in a session
     of its own, so a kill -9 of torchrun would otherwise leave it running, re-parented to
     init, writing beside the run that replaces it.
@@ -81,6 +82,7 @@ def init(device: str | None = None) -> DistInfo:
         torch_device = torch.device("cuda", local_rank)
     else:
         torch_device = torch.device("cpu")
+    set_cpu_threads(torch_device, cpu_threads)
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if kind == "cuda" else "gloo",
@@ -92,6 +94,14 @@ def init(device: str | None = None) -> DistInfo:
             global _HOST_GROUP
             _HOST_GROUP = dist.new_group(backend="gloo", timeout=TIMEOUT)
     return DistInfo(rank, local_rank, world_size, torch_device)
+
+
+def set_cpu_threads(device: torch.device, threads: int | None) -> None:
+    """On a CPU device, compute with `threads` intra-op threads (None: leave torch's count,
+    OMP_NUM_THREADS). A float result depends on the count (how a reduction is split), so a
+    stage takes it from its spec, never from the CPUs its job was given."""
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(int(threads))
 
 
 def launch_rank() -> tuple[int, int]:

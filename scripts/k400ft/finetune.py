@@ -418,7 +418,13 @@ def finetune(
     try:
         try:
             trainer = Finetune(
-                spec, distributed.init(device), train_csv, val_csv, pretrained, state_dir, out_dir
+                spec,
+                distributed.init(device, spec.get("cpu_threads")),
+                train_csv,
+                val_csv,
+                pretrained,
+                state_dir,
+                out_dir,
             )
         except BaseException as err:  # noqa: BLE001 - a refusal or a failure, reported
             return report_exit(1, err)

@@ -123,6 +123,7 @@ class Plan:
     log_every: int
     device: str
     augment_on: str  # where train clips are augmented: workers | device
+    cpu_threads: int | None  # intra-op threads on the CPU device (None on CUDA)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimiser step `step` of this run (`lr_at_step`)."""
@@ -178,6 +179,7 @@ def make_plan(
         log_every=max(1, steps_per_epoch // LOG_LINES_PER_EPOCH),
         device=device.type,
         augment_on=augment_placement(spec["data"].get("augment_on", "auto"), device),
+        cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
     )
 
 
