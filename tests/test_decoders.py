@@ -20,6 +20,7 @@ from videos import (
     packet_spans,
     truncate,
     write_audio_only,
+    write_image_as_mp4,
     write_pattern_mp4,
     write_variant,
 )
@@ -158,14 +159,30 @@ def test_a_truncated_faststart_mp4_is_a_broken_video_for_both_decoders(tmp_path,
     first, after = next(span for span in packet_spans(whole, "audio") if span[1] > middle)
     cut = truncate(whole, tmp_path / "cut.mp4", (first + after) // 2)
     warning, reason = broken_in_the_data_path(tmp_path, caplog, decoder, cut)
+    expected = (
+        rf"{re.escape(str(cut))}: truncated: the file holds \d+ of the {FRAMES} video "
+        r"frames its index lists, its video ending at [0-9.]+ s of 2\.00 s"
+    )
     if decoder == "pyav":
-        expected = (
-            rf"{re.escape(str(cut))}: truncated: the file holds \d+ of the {FRAMES} video "
-            r"frames its index lists, its video ending at [0-9.]+ s of 2\.00 s"
-        )
         with pytest.raises(D.BrokenVideoError, match=expected):
             D.open_video(cut, "pyav")
-        assert re.fullmatch(expected, reason) and f"({reason})" in warning
+    # decord said only "av_read_frame failed with 1094995529" (no file, no "truncated")
+    assert re.match(expected, reason), reason
+    assert f"({reason})" in warning
+
+
+@pytest.mark.parametrize("decoder", D.DECODERS)
+def test_an_image_named_mp4_is_not_a_video_for_both_decoders(tmp_path, caplog, decoder):
+    """A PNG frame plus random bytes named .mp4: decord refused it ("Failed to measure
+    duration/frame-count due to broken metadata", no file named), PyAV read it as a video of
+    two frames and the evaluation scored it. Both now say `<file>: not a video`: a train
+    item is replaced, a validation video and a test video excluded and listed."""
+    image = write_image_as_mp4(tmp_path / "frame.mp4")
+    expected = rf"{re.escape(str(image))}: not a video \(.*\)"
+    with pytest.raises(D.BrokenVideoError, match=expected):
+        D.read_frames(D.open_video(image, decoder), np.array([0]))
+    warning, reason = broken_in_the_data_path(tmp_path, caplog, decoder, image)
+    assert re.fullmatch(expected, reason) and f"({reason})" in warning
 
 
 def test_an_mp4_cut_between_packets_is_truncated_for_pyav_and_the_probe(tmp_path):

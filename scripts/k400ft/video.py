@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from k400ft import augment
-from k400ft.decoders import DECODERS, open_video, read_frames
+from k400ft.decoders import DECODERS, describe_error, open_video, read_frames
 from k400ft.io import atomic_write, die_with_parent
 from k400ft.schedule import SpecError
 
@@ -528,15 +528,6 @@ class TestDataset(_SplitVideos):
             return item
         item["views"] = self.views(frames)
         return item
-
-
-def describe_error(err: BaseException) -> str:
-    """A decoder error on one line: decord's messages without their timestamps and source
-    locations, at most 300 characters."""
-    lines = [
-        re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", line).strip() for line in str(err).splitlines()
-    ]
-    return " | ".join(line for line in lines if line)[:300] or type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------
