@@ -126,7 +126,8 @@ def test_truncated_file_fails_or_gives_its_real_frames(variants, tmp_path):
 def broken_in_the_data_path(tmp_path, caplog, decoder: str, bad: Path) -> tuple[str, str]:
     """Put `bad` between two good videos and read it through the data path: (the warning a
     train item logs when it replaces `bad` by the next video, the reason the evaluation lists
-    for it as an excluded test video); fails if `bad` is used."""
+    for it as an excluded test video); fails if `bad` is used. Per-epoch validation excludes
+    it too (it replaced it by the next video: 3 videos validated where 2 decode)."""
     good = write_pattern_mp4(tmp_path / "good.mp4", 40)
     csv = tmp_path / f"split_{decoder}.csv"
     V.write_split_csv(csv, [(str(good), 0), (str(bad), 1), (str(good), 2)])
@@ -137,6 +138,9 @@ def broken_in_the_data_path(tmp_path, caplog, decoder: str, bad: Path) -> tuple[
     assert index == 2 and labels.tolist() == [2, 2]  # replaced by the next video
     warning = [r.getMessage() for r in caplog.records if f"cannot decode {bad}" in r.getMessage()]
     assert len(warning) == 1
+    validation = V.TrainDataset(csv, data, "validation", seed=1)
+    clips, labels, _ = V.train_collate([validation[i] for i in range(3)])
+    assert labels.tolist() == [0, 2] and len(clips) == 2  # excluded, not replaced
     test = V.TestDataset(csv, data, 2, 1)
     excluded: dict[int, str] = {}
     batches = list(E.iter_view_batches((test[i] for i in range(len(test))), 4, excluded))

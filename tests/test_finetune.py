@@ -800,6 +800,30 @@ def test_the_cpu_thread_count_is_the_specs_whatever_the_jobs_cpus(tiny):
     assert_same_run(*runs)
 
 
+def test_a_validation_video_that_fails_is_excluded_not_replaced(tiny):
+    """val_videos counts the videos that decode: a broken one was replaced by the next video
+    (5 validated where 4 decode)."""
+    root, spec = tiny
+    broken = root / "broken_val"
+    broken.mkdir(exist_ok=True)
+    (broken / "val.csv").write_text((root / "val.csv").read_text() + f"{root}/videos/v03.mp4 1\n")
+    one_epoch = {**spec, "recipe": {**spec["recipe"], "epochs": 1}}
+    args = cli_args(root, one_epoch, "broken_val")
+    args[args.index("--val") + 1] = str(broken / "val.csv")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/finetune.py"), *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"validation: cannot decode {root}/videos/v03.mp4 (" in proc.stderr
+    (epoch,) = [line for line in outcome(broken / "out")[1] if line["type"] == "epoch"]
+    assert epoch["val_videos"] == 4
+
+
 def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_reference):
     """torchrun starts each trainer in a session of its own: without the parent-death signal a
     kill -9 of torchrun left them training, and the re-run trained beside them."""

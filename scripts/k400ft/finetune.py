@@ -345,12 +345,15 @@ class Finetune:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
-        """Single-view top-1/top-5 and CE loss over the whole val split (sums over ranks)."""
+        """Single-view top-1/top-5 and CE loss over the val split's videos that decode (sums
+        over ranks; one that fails is excluded and logged by the dataset)."""
         self.val_set.set_epoch(epoch)
         self.net.eval()
         # loss sum, top1, top5, count
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         for clips, labels, _ in self.val_loader:
+            if not len(labels):  # every video of the batch excluded
+                continue
             clips, labels = (
                 clips.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True),
@@ -365,6 +368,8 @@ class Finetune:
             )
         distributed.all_reduce_sum(totals)
         loss_sum, top1, top5, count = totals.tolist()
+        if not count:
+            raise RuntimeError(f"{self.val_set.csv_path}: not one validation video decodes")
         return {
             "val_loss": loss_sum / count,
             "val_top1": 100 * top1 / count,

@@ -360,9 +360,10 @@ class TrainDataset(_SplitVideos):
     instead (frames [T, H, W, 3] uint8, the clips' ClipParams, labels, index), batched by
     `train_collate_frames`. Augmentations are a function of (seed, epoch, index): call
     `set_epoch(epoch)` before iterating an epoch (the epoch lives in shared memory, so
-    persistent workers see it). A video that fails to decode is logged and replaced by the
-    next index, at most `max_attempts` tries (then a RuntimeError names the videos); the
-    returned index is the video actually used.
+    persistent workers see it). A train video that fails to decode is logged and replaced by
+    the next index, at most `max_attempts` tries (then a RuntimeError names the videos); the
+    returned index is the video actually used. A validation video that fails is logged and
+    excluded (an item of no clip): the epoch's val_videos count those that decode.
     """
 
     def __init__(
@@ -421,12 +422,17 @@ class TrainDataset(_SplitVideos):
                     frames = self.load(video, rng)
                 # decord raises several exception types; a bad file must not kill a worker
                 except Exception as err:
+                    excluded = self.sampler is None  # validation: not replaced
                     LOG.warning(
-                        "%s: cannot decode %s (%s); trying the next video",
+                        "%s: cannot decode %s (%s); %s",
                         self.mode,
                         self.path(video),
                         describe_error(err),
+                        "excluded" if excluded else "trying the next video",
                     )
+                    if excluded:
+                        shape = (0, 3, self.num_frames, self.input_size, self.input_size)
+                        return torch.empty(shape), torch.empty(0, dtype=torch.int64), video
                     tried.append(self.path(video))
                     continue
                 labels = torch.full((self.num_sample,), int(self.labels[video]))
