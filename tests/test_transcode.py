@@ -549,3 +549,25 @@ def test_a_copy_is_the_same_bytes_every_time(tmp_path):
         T.encode_copy(source, tmp_path / f"copy{attempt}.mp4", settings)
         copies.add((tmp_path / f"copy{attempt}.mp4").read_bytes())
     assert len(copies) == 1
+
+
+def test_two_clean_runs_make_copies_of_the_same_bytes(tmp_path):
+    """Two clean runs (the demo's videos written anew, another checkout) have the same source
+    bytes at another path and time: copies carried their source's path and mtime, so their
+    bytes differed though every frame was the same. A copy now carries its source's sha256,
+    and the muxer no version tag (bitexact)."""
+    first = write_pattern_mp4(tmp_path / "a/src.mp4", 24, 48, 64, seed=5)
+    second = tmp_path / "b/src.mp4"
+    second.parent.mkdir()
+    second.write_bytes(first.read_bytes())
+    os.utime(second, ns=(10**18, 10**18))
+    for number, source in enumerate((first, second)):
+        T.encode_copy(source, tmp_path / f"copy{number}.mp4", SETTINGS)
+    copy = (tmp_path / "copy0.mp4").read_bytes()
+    assert copy == (tmp_path / "copy1.mp4").read_bytes()
+    assert str(tmp_path).encode() not in copy and b"Lavf" not in copy
+    assert T.check_copy(second, tmp_path / "copy0.mp4", SETTINGS) is None  # reused
+    write_pattern_mp4(second, 24, 48, 64, seed=6)  # replaced: made again
+    assert T.check_copy(second, tmp_path / "copy0.mp4", SETTINGS) == (
+        "made from another source or with other settings"
+    )

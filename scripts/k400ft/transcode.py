@@ -52,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from k400ft.io import atomic_write, check_writable, die_with_parent
+from k400ft.provenance import file_sha256
 from k400ft.video import describe_error, open_video, read_frames, read_split_csv, write_split_csv
 
 LOG = logging.getLogger("k400ft.transcode")
@@ -72,7 +73,7 @@ PRESETS = (
 TUNES = ("none", "fastdecode", "film", "animation", "grain", "stillimage")
 # The container tag that says which source and settings a copy was made from (resume check).
 TAG = "comment"
-TAG_VERSION = 1
+TAG_VERSION = 2  # 1: the source's path and mtime (two clean runs gave different bytes)
 # An identical frame has infinite PSNR; JSON has no infinity, so frames are capped here.
 MAX_PSNR = 100.0
 
@@ -213,17 +214,11 @@ def psnr(reference: np.ndarray, copy: np.ndarray) -> float:
 
 
 def source_tag(source: str | os.PathLike, settings: Settings) -> str:
-    """The tag a copy carries: source path, size and mtime, and the settings. A copy whose
-    tag differs (the source was replaced, crf changed) is made again, not reused."""
-    stat = os.stat(source)
+    """The tag a copy carries: its source's sha256 and the settings. A copy whose tag differs
+    (the source was replaced, crf changed) is made again, not reused. Nothing of where or
+    when: the same source gives the same copy, byte for byte, in any checkout and run."""
     return json.dumps(
-        {
-            "version": TAG_VERSION,
-            "source": os.path.abspath(os.fspath(source)),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            **asdict(settings),
-        },
+        {"version": TAG_VERSION, "source_sha256": file_sha256(source), **asdict(settings)},
         sort_keys=True,
     )
 
@@ -260,7 +255,8 @@ def encode_copy(source: str | os.PathLike, dest: str | os.PathLike, settings: Se
         time_base = Fraction(1) / Fraction(rate)
         written = 0
         with _writing(dest), atomic_write(dest, "wb") as handle:
-            with av.open(handle, "w", format="mp4") as out:
+            # bitexact: no muxer version tag either, only what the frames and settings make
+            with av.open(handle, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
                 out.metadata[TAG] = tag
                 video = out.add_stream(
                     "libx264", rate=Fraction(rate), options=settings.x264_options()
