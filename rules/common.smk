@@ -122,6 +122,14 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+# the launcher script, relative to the working directory (params stay the same in any checkout)
+TORCHRUN = os.path.relpath(
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
+    / "scripts"
+    / "torchrun.py"
+)
+
+
 def launcher(stage):
     """The torchrun command for a GPU stage (config `launch.<stage>`), exec'd by the rule's shell.
 
@@ -137,7 +145,10 @@ def launcher(stage):
     nodes = spec["nodes"]
     # torchrun forwards these to the trainers (by default not SIGUSR1, which would kill
     # torchrun and orphan a trainer that trains on unseen): they save `last` and exit 75.
-    torchrun = "torchrun --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+    # scripts/torchrun.py is torchrun in-process whose failed run ends with one summary line.
+    torchrun = (
+        f"python {TORCHRUN} --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+    )
     if nodes == 1:
         return f"exec {torchrun} --standalone --nnodes=1 --nproc-per-node={nproc}"
     return (
@@ -175,7 +186,8 @@ def launch_threads(stage):
 def cpu_threads(stage):
     """On the CPU device, the stage's intra-op thread count (`launch.<stage>.cpu_threads`), a
     part of its spec: float results depend on it, and the job's OMP_NUM_THREADS (Snakemake:
-    the job's threads) must not decide them. Nothing on CUDA, where it changes nothing."""
+    the job's threads) must not decide them. Nothing on CUDA, where it changes nothing.
+    """
     spec = config["launch"][stage]
     return {"cpu_threads": spec["cpu_threads"]} if spec["device"] == "cpu" else {}
 

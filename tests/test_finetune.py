@@ -486,9 +486,13 @@ def cli_args(root: Path, spec: dict, name: str) -> list[str]:
     ]  # fmt: skip
 
 
+# torchrun as the rules start it (rules/common.smk `launcher`): scripts/torchrun.py
+TORCHRUN = [sys.executable, str(ROOT / "scripts/torchrun.py"), "--standalone"]
+
+
 def torchrun(root: Path, spec: dict, name: str, threads: int = 1) -> subprocess.Popen:
     """The CLI through torchrun with 2 gloo processes (threads 4: a loader worker each)."""
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    launch = [*TORCHRUN, "--nproc-per-node=2"]
     return subprocess.Popen(
         [
             *launch,
@@ -656,6 +660,12 @@ def test_two_processes_killed_then_resumed_through_torchrun_is_bit_identical(tin
         assert f"rank {rank} of 2: exitcode: 75 (stopped by a signal, state saved" in stderr, (
             stderr[-5000:]
         )
+    state = root / "ddp/state"
+    assert stderr.strip().splitlines()[-1] == (  # the launcher's summary ends the job's log
+        "torchrun: stopped by SIGTERM; finetune.py rank 0 of 2 (from trainer.log): exit code "
+        f"75 (stopped by a signal, state saved: run again to resume); state dir {state} "
+        f"(every attempt's log: {state / 'trainer.log'})"
+    )
     trainer_log = (root / "ddp/state/trainer.log").read_text()
     assert "stopped by signal SIGTERM" in trainer_log and "rank 1 of 2" not in trainer_log
     assert trainer_log.rstrip().endswith(
@@ -691,6 +701,30 @@ def test_a_state_of_another_spec_is_set_aside_not_resumed(tiny, reference):
     log_text = rank0_log(root, "stale")
     assert "was written for another spec or other inputs" in log_text and "RESUMED" not in log_text
     assert len(list((root / "stale/state").glob("*.pt.stale-*"))) == 2
+
+
+def test_a_failed_job_log_ends_with_one_line_naming_the_exit_code_and_state_dir(tiny):
+    """After the trainer's `exitcode:` line torchrun printed some 30 lines (a ChildFailedError
+    traceback and table); the launcher the rules use ends the log with one summary line."""
+    root, spec = tiny
+    bad = dict(spec, finetune={"global_batch": 6, "batch_per_gpu": 4, "base_lr": 1e-3})
+    proc = subprocess.run(
+        [*TORCHRUN, "--nproc-per-node=1", str(ROOT / "scripts/finetune.py")]
+        + cli_args(root, bad, "launched"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    state = root / "launched/state"
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    trainer_exit, summary = proc.stderr.strip().splitlines()[-3::2]
+    assert trainer_exit.endswith("rank 0 of 1: exitcode: 2 (a refused spec or split CSV)")
+    assert summary == (
+        "torchrun: finetune.py failed: rank 0: exit code 2 (a refused spec or split CSV); "
+        f"state dir {state} (every attempt's log: {state / 'trainer.log'})"
+    )
 
 
 def test_cli_refuses_a_global_batch_that_does_not_split(tiny, monkeypatch, capsys):

@@ -75,23 +75,20 @@ from k400ft import (
     video,
 )
 from k400ft.bookkeeping import Bookkeeper
+from k400ft.distributed import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_MEANINGS,
+    EXIT_REFUSED,
+    EXIT_REQUEUE,
+)
 from k400ft.io import atomic_write
 from k400ft.lifecycle import Progress, StopRequested
 from k400ft.schedule import SpecError
 
 log = logging.getLogger("k400ft.finetune")
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL (sysexits.h): saved on a signal, run me again to resume
-EXIT_LOCKED = 73  # EX_CANTCREAT: another trainer holds the state dir
-EXIT_REFUSED = 2  # a refused spec or split CSV (the message names the key, or the file and line)
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: a Ctrl-C
-EXIT_MEANINGS = {
-    0: "done",
-    EXIT_REQUEUE: "stopped by a signal, state saved: run again to resume",
-    EXIT_REFUSED: "a refused spec or split CSV",
-    EXIT_LOCKED: "the state dir is in use by another trainer",
-    EXIT_INTERRUPTED: "interrupted",
-}
+# the exit codes (EXIT_*, EXIT_MEANINGS) are k400ft.distributed's: the launcher reads them too
 
 
 class Finetune:
