@@ -65,7 +65,9 @@ def _write_log() -> None:
     bookkeeping.TrainLog.write_log = write_log
 
 
-class _FullDisk:
+class FullDisk:
+    """A file handle on a full disk: the first KiB of a write lands, then ENOSPC."""
+
     def __init__(self, handle):
         self.handle = handle
 
@@ -81,7 +83,7 @@ def _disk_full() -> None:
     def atomic_write(path, mode="wb"):
         with original(path, mode) as handle:
             saves.append(path)
-            yield _FullDisk(handle) if len(saves) == 2 else handle
+            yield FullDisk(handle) if len(saves) == 2 else handle
 
     state.atomic_write = atomic_write
 

@@ -507,6 +507,13 @@ def torchrun(root: Path, spec: dict, name: str, threads: int = 1) -> subprocess.
     )
 
 
+def run_cli(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a stage's command line to its end (4 minutes at most), its output captured."""
+    return subprocess.run(
+        command, env=env or ENV, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
 def step_lines(state_dir: Path) -> int:
     log_path = state_dir / "train_log.jsonl"
     return log_path.read_text().count('"type": "step"') if log_path.exists() else 0
@@ -708,14 +715,9 @@ def test_a_failed_job_log_ends_with_one_line_naming_the_exit_code_and_state_dir(
     traceback and table); the launcher the rules use ends the log with one summary line."""
     root, spec = tiny
     bad = dict(spec, finetune={"global_batch": 6, "batch_per_gpu": 4, "base_lr": 1e-3})
-    proc = subprocess.run(
+    proc = run_cli(
         [*TORCHRUN, "--nproc-per-node=1", str(ROOT / "scripts/finetune.py")]
-        + cli_args(root, bad, "launched"),
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+        + cli_args(root, bad, "launched")
     )
     state = root / "launched/state"
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -819,14 +821,7 @@ def test_the_cpu_thread_count_is_the_specs_whatever_the_jobs_cpus(tiny):
     for threads in ("1", "2"):
         name = f"omp_{threads}"
         command = [sys.executable, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, name)]
-        proc = subprocess.run(
-            [*command, "--threads", threads],
-            env={**ENV, "OMP_NUM_THREADS": threads},
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
+        proc = run_cli([*command, "--threads", threads], {**ENV, "OMP_NUM_THREADS": threads})
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs.append(outcome(root / name / "out"))
         resolved = json.loads((root / name / "out/spec.json").read_text())
@@ -844,14 +839,7 @@ def test_a_validation_video_that_fails_is_excluded_not_replaced(tiny):
     one_epoch = {**spec, "recipe": {**spec["recipe"], "epochs": 1}}
     args = cli_args(root, one_epoch, "broken_val")
     args[args.index("--val") + 1] = str(broken / "val.csv")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/finetune.py"), *args],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc = run_cli([sys.executable, str(ROOT / "scripts/finetune.py"), *args])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"validation: cannot decode {root}/videos/v03.mp4 (" in proc.stderr
     (epoch,) = [line for line in outcome(broken / "out")[1] if line["type"] == "epoch"]

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from faults import FullDisk
 
 from k400ft import state
 
@@ -62,17 +63,6 @@ def test_truncated_last_falls_back_to_previous_loudly(tmp_path, caplog):
     )  # the bad `last` must not become `prev`
     assert state.unpack_state(tmp_path / "prev.pt")["progress"]["global_step"] == 1
     assert state.StateStore(tmp_path).load()["progress"]["global_step"] == 3
-
-
-class FullDisk:
-    """A file handle on a full disk: the first KiB of a write lands, then ENOSPC."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def write(self, data: bytes) -> int:
-        self.handle.write(data[:1024])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def test_a_full_disk_during_a_save_names_the_path_and_bytes_and_keeps_the_previous_state(
