@@ -28,7 +28,7 @@ count nor a duration, what decord refuses to open: an image with bytes after it 
 which FFmpeg's image demuxer opens as a video); truncated (an mp4 whose video packets end
 before its index says they do, `index_shortfall`). PyAV's scan decides; when decord fails
 (at open, or decoding: "av_read_frame failed with 1094995529" for a file cut inside a
-packet, no file named), the scan says why (`explain_failure`).
+packet, no file named), the scan says why (`broken_verdict`).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def decord_misnumbers(pts_in_file_order: list[int], keyframe_positions: list[int
 
 class DecordVideo(VideoReader):
     """decord's reader (one thread) that knows its file, so that a failure to decode it can
-    be explained (`explain_failure`)."""
+    be explained (`broken_verdict`)."""
 
     def __init__(self, path: str | Path):
         self.path = str(path)
@@ -212,25 +212,28 @@ def open_video(path: str | Path, decoder: str = "decord") -> DecordVideo | PyAVV
         try:
             return DecordVideo(path)
         except Exception as err:  # decord's DECORDError, RuntimeError, ...
-            raise explain_failure(path, err) from err
+            broken = broken_verdict(path)
+            if broken is None:
+                raise
+            raise broken from err
     if decoder == "pyav":
         return PyAVVideo(path)
     raise ValueError(f"unknown decoder {decoder!r}: use one of {', '.join(DECODERS)}")
 
 
-def explain_failure(path: str | Path, err: Exception) -> Exception:
-    """What a decord failure on `path` means, as PyAV's scan says it: a BrokenVideoError
-    naming the file (no video stream, not a video, truncated), or `err` itself when the scan
-    finds nothing wrong or cannot open the file either (decord's "Check failed: st_nb >= 0",
-    "Failed to measure duration/frame-count due to broken metadata" and "av_read_frame failed
-    with 1094995529" name no file, or no reason)."""
+def broken_verdict(path: str | Path) -> BrokenVideoError | None:
+    """Why decord failed on `path`, as PyAV's scan says it (decord's "Check failed: st_nb >=
+    0", "Failed to measure duration/frame-count due to broken metadata" and "av_read_frame
+    failed with 1094995529" name no file, or no reason): the BrokenVideoError naming the file
+    (no video stream, not a video, truncated), or None when the scan finds nothing wrong or
+    cannot open the file either (decord's own error then stands)."""
     try:
         PyAVVideo(path).close()
     except BrokenVideoError as broken:
         return broken
-    except Exception:  # noqa: BLE001 - FFmpeg cannot read it either: decord's error stands
-        return err
-    return err
+    except Exception:  # noqa: BLE001 - FFmpeg cannot read it either
+        return None
+    return None
 
 
 def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndarray:
@@ -247,8 +250,10 @@ def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndar
         try:
             batch = reader.get_batch(unique.tolist()).asnumpy()
         except Exception as err:  # decord's DECORDError, RuntimeError, ...
-            explained = explain_failure(reader.path, err) if hasattr(reader, "path") else err
-            raise explained from err
+            broken = broken_verdict(reader.path) if hasattr(reader, "path") else None
+            if broken is None:
+                raise
+            raise broken from err
     if len(unique) == len(indices) and np.array_equal(unique, indices):
         return batch
     return batch[inverse.reshape(-1)]

@@ -272,7 +272,10 @@ def _last_exit_line(state_dir: str | None, since: float) -> str | None:
     log = Path(state_dir or "") / "trainer.log"
     if not state_dir or not log.is_file() or log.stat().st_mtime < since:
         return None
-    lines = re.findall(r"rank (\d+) of (\d+): exitcode: (-?\d+)", log.read_text(errors="replace"))
+    with open(log, "rb") as handle:  # its end: the log keeps every attempt
+        handle.seek(max(0, log.stat().st_size - 65536))
+        tail = handle.read().decode(errors="replace")
+    lines = re.findall(r"rank (\d+) of (\d+): exitcode: (-?\d+)", tail)
     if not lines:
         return None
     rank, size, code = lines[-1]
