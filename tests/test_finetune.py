@@ -827,6 +827,8 @@ def test_the_cpu_thread_count_is_the_specs_whatever_the_jobs_cpus(tiny):
         resolved = json.loads((root / name / "out/spec.json").read_text())
         assert resolved["spec"]["cpu_threads"] == resolved["plan"]["cpu_threads"] == 2
     assert_same_run(*runs)
+    # final.pt records the spec less the loader workers (0 and 1 here): the same bytes
+    assert (root / "omp_1/out/final.pt").read_bytes() == (root / "omp_2/out/final.pt").read_bytes()
 
 
 def test_a_validation_video_that_fails_is_excluded_not_replaced(tiny):
