@@ -1,4 +1,5 @@
-# CatMAE vs VideoMAE ViT-S/16 on Kinetics-400: pretrained checkpoints -> splits -> fine-tune
+# CatMAE vs VideoMAE ViT-S/16 on Kinetics-400: pretrained checkpoints + (the Kinetics-400
+# archive -> fetch -> extract -> resize, or the user's copy) -> splits -> fine-tune
 # -> 5x3-view evaluation -> table, plots and report (`snakemake plan`: their cost, measured
 # first). The paper run is config.yaml; the embedded demo is `--configfile demo/config.yaml`
 # (README). Nothing here but wiring.
@@ -17,6 +18,9 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/checkpoints.smk"
+include: "rules/fetch.smk"
+include: "rules/extract.smk"
+include: "rules/resize.smk"
 include: "rules/data.smk"
 include: "rules/transcode.smk"
 include: "rules/finetune.smk"

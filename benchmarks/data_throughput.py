@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,29 +44,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' mp4 writer and reference test view
 
 from reference import naive_test_view  # noqa: E402
-from videos import write_mp4  # noqa: E402
+from videos import k400_like_frames, write_mp4  # noqa: E402
 
 from k400ft import splits, video  # noqa: E402
 
 DATA = yaml.safe_load((ROOT / "config.yaml").read_text())["data"]  # the paper run's data path
-
-
-def k400_like_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:
-    """A smooth random scene panning 2 px per frame, a moving square, light sensor noise."""
-    rng = np.random.default_rng(seed)
-    wide = width + 2 * num_frames
-    coarse = torch.from_numpy(
-        rng.integers(0, 256, (1, 3, height // 10 + 2, wide // 10 + 2))
-    ).float()
-    scene = F.interpolate(coarse, size=(height, wide), mode="bicubic", align_corners=False)
-    scene = scene.clamp(0, 255)[0].permute(1, 2, 0).numpy()
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    for t in range(num_frames):
-        frame = scene[:, 2 * t : 2 * t + width] + rng.normal(0, 2, (height, width, 3))
-        y, x = (37 * t) % (height - 60), (53 * t) % (width - 60)
-        frame[y : y + 60, x : x + 60] = (240, 60, 30)
-        frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
-    return frames
 
 
 def make_videos(
@@ -181,10 +162,10 @@ def main() -> None:
 
         # and the test time
         taken = [test.load(i) for i in index]
-        t_resize = timed(
-            lambda f: video.resize_short_side(
-                torch.from_numpy(f).permute(0, 3, 1, 2), 224
-            ).contiguous(),
+        t_resize = timed(  # as TestDataset.views: resize, then channels first
+            lambda f: (
+                torch.from_numpy(video.resize_short_side(f, 224)).permute(0, 3, 1, 2).contiguous()
+            ),
             taken,
         )
         t_views = timed(test.views, taken)

@@ -9,7 +9,7 @@ medium; kept in --dir between runs) and with config.yaml's data.transcode settin
   - the cost: core-seconds per video of k400ft.transcode.transcode_one (decode the source,
     encode with libx264, check the copy), and the core-hours that gives per 1,000 videos;
   - the quality: PSNR of each copy vs its source, both decoded by decord at the same
-    psnr_frames evenly spaced frames (k400ft.transcode.measure_psnr), and the size ratio;
+    psnr_frames evenly spaced frames (k400ft.encode.measure_psnr), and the size ratio;
   - the payback: decord's cost of one train item's decode (open + the 16 frames of a random
     64-frame window, video.train_frame_indices, as TrainDataset does) on the source and on
     the copy, over --windows windows per video, and the epochs after which the copy has paid
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from data_throughput import make_videos  # noqa: E402
 
-from k400ft import transcode, video  # noqa: E402
+from k400ft import encode, transcode, video  # noqa: E402
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())["data"]
 
@@ -90,7 +90,7 @@ def main() -> None:
             if record["status"] != "transcoded":
                 raise SystemExit(f"{source}: {record['status']}: {record['reason']}")
             cost.append(record["core_seconds"])
-            quality.append(transcode.measure_psnr(source, dest, args.psnr_frames))
+            quality.append(encode.measure_psnr(source, dest, args.psnr_frames))
             ratio.append(record["copy_bytes"] / record["source_bytes"])
             before.append(train_decode_seconds(source, args.windows, number))
             after.append(train_decode_seconds(dest, args.windows, number))

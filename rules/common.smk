@@ -1,10 +1,12 @@
 # Every input/param function the rules use (the config itself: rules/config.smk).
-import itertools
 import json
 import os
+import shlex
+import subprocess
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.io import is_flagged
 
 
 include: "config.smk"
@@ -13,12 +15,20 @@ include: "config.smk"
 RESULTS = config["results"]
 MODELS = list(config["models"])
 RELEASED = list(config["released"])
-ROWS = MODELS + RELEASED  # every row of the table = every evaluated model
+# One fine-tuning run per model and seed (finetune.seeds): seed 0's keeps its model's name, so
+# a one-seed run has the paths it always had, and adding a seed adds runs without renaming any.
+RUNS = {
+    (model if seed == 0 else f"{model}_seed{seed}"): (model, seed)
+    for model in MODELS
+    for seed in config["finetune"]["seeds"]
+}
+# every evaluated run: a fine-tune of ours or released weights
+ROWS = list(RUNS) + RELEASED
 
 
 wildcard_constraints:
     ckpt="|".join(config["checkpoints"]) or "NONE",
-    model="|".join(MODELS) or "NONE",
+    run="|".join(RUNS) or "NONE",
     row="|".join(ROWS) or "NONE",
 
 
@@ -115,47 +125,67 @@ def launch_resources(stage):
 
 
 def row_spec(row):
+    """The config entry of a row of the table (a model or released weights) or of an
+    evaluated run (its model's)."""
+    if row in RUNS:
+        return config["models"][RUNS[row][0]]
     return config["models"].get(row) or config["released"][row]
 
 
 ON_DEMAND = ("all", "plan")  # rules `all` does not ask for: run by naming them
 
 
-def target_wildcards():
-    """The values each wildcard takes among the targets of `all` (`all_outputs`)."""
+def target_jobs():
+    """The wildcards of every job of a rule with wildcards that `all` asks for (what the
+    config names; a rule without wildcards is one job). Two rules may give one wildcard
+    different values (shard), and one wildcard's values may follow another's (a split's
+    parts), so each rule says its own."""
     used = [spec["pretrained"] for spec in config["models"].values()]
     used += [spec["checkpoint"] for spec in config["released"].values()]
+    parts = [
+        {"split": split, "index": name.split("_")[1]}
+        for split in [*PART_SPLITS, "replacement"]
+        for name in part_names(split)
+    ]
     return {
-        "ckpt": sorted(set(used)),
-        "model": MODELS,
-        "row": ROWS,
-        "shard": range(config["data"]["transcode"]["shards"]),
+        "checkpoint": [{"ckpt": ckpt} for ckpt in dict.fromkeys(used)],
+        "demo_checkpoint": [{"ckpt": ckpt} for ckpt in demo_checkpoints()],
+        "kinetics_list": [{"split": split} for split in PART_SPLITS],
+        "kinetics_fetch": parts,
+        "kinetics_extract": parts,
+        "kinetics_verify": [{"split": split} for split in PART_SPLITS],
+        "kinetics_resize": [{"shard": n} for n in range(KINETICS["resize"]["shards"])],
+        "transcode": [
+            {"shard": n} for n in range(config["data"]["transcode"]["shards"])
+        ],
+        "finetune": [{"run": run} for run in RUNS],
+        "evaluate": [{"row": row} for row in ROWS],
     }
 
 
 def all_outputs():
-    """Every declared output of every rule but ON_DEMAND's, for the wildcard values the config
-    names (and each rule's own constraints): `all` asks for each, so a missing one is remade
-    and everything after it follows. Snakemake alone skips a missing intermediate file when
-    the files after it exist (snakemake#1978): a `--forcerun evaluate` killed after Snakemake
-    had removed the evaluation's outputs left the old table in place, without a word. A new
-    rule's outputs join by themselves; a new wildcard needs its values in target_wildcards.
-    """
-    values, targets = target_wildcards(), []
+    """Every declared output of every rule but ON_DEMAND's, for every job of it the config
+    names (`target_jobs`), temp() outputs aside (deleted once used, as the archive's parts):
+    `all` asks for each, so a missing one is remade and everything after it follows.
+    Snakemake alone skips a missing intermediate file when the files after it exist
+    (snakemake#1978): a `--forcerun evaluate` killed after Snakemake had removed the
+    evaluation's outputs left the old table in place, without a word. A new rule without
+    wildcards joins by itself; one with wildcards needs its jobs in target_jobs."""
+    jobs, targets = target_jobs(), []
     for stage in workflow.rules:
         if stage.name in ON_DEMAND:
             continue
-        unknown = sorted(stage.wildcard_names - set(values))
-        if unknown:
+        if stage.wildcard_names and stage.name not in jobs:
             raise WorkflowError(
-                f"no values for wildcard(s) {', '.join(unknown)} of {stage.name} among the "
-                "targets of `all`: add them to target_wildcards() in rules/common.smk"
+                f"{stage.name} has wildcards ({', '.join(sorted(stage.wildcard_names))}): "
+                "say which of its jobs `all` asks for in target_jobs() in rules/common.smk"
             )
-        names = sorted(stage.wildcard_names)
-        for combination in itertools.product(*(values[name] for name in names)):
-            wildcards = dict(zip(names, combination))
-            made = [path.apply_wildcards(wildcards) for path in stage.output]
-            targets += [path for path in made if stage.is_producer(path)]
+        for wildcards in jobs.get(stage.name, [{}]):
+            targets += [
+                path.apply_wildcards(wildcards)
+                for path in stage.output
+                if not is_flagged(path, "temp")
+            ]
     return targets
 
 
@@ -184,6 +214,22 @@ def demo_pretrained(ckpt):
     }
 
 
+def demo_archive_folder():
+    """Where the demo writes its archive: the folder of its file: base URL."""
+    url = KINETICS["archive"]["base_url"]
+    if not (ARCHIVE and url.startswith("file:") and not url.startswith("file://")):
+        raise ValueError(
+            "the demo's kinetics.source must be archive and kinetics.archive.base_url a "
+            f"relative file: URL (the folder its archive is written to), got {url!r}"
+        )
+    return url.removeprefix("file:").rstrip("/")
+
+
+def archive_folder(replacement):
+    """The archive's folder, from the path of its replacement archive in it."""
+    return replacement.removesuffix(KINETICS["archive"]["replacement"]).rstrip("/")
+
+
 # checkpoints stage
 def checkpoint_lock(ckpt):
     """The trust-on-first-use record of checkpoint `ckpt`'s sha256 (when none is pinned)."""
@@ -196,23 +242,156 @@ def checkpoint_source(wildcards):
     return [spec["path"]] if "path" in spec else []
 
 
+# Kinetics-400 from its public archive (kinetics.source: archive): fetch -> extract -> resize
+KINETICS = config["kinetics"]
+ARCHIVE = KINETICS["source"] == "archive"
+ARCHIVES = f"{KINETICS['root']}/archives"  # the parts, while they are kept
+PART_SPLITS = list(KINETICS["archive"]["parts"])  # train, val: the paper tests on val
+RESIZE = ARCHIVE and KINETICS["resize_short_side"] is not None
+# with data.transcode on, the resize's one encode makes the short keyframes too
+TRANSCODE = config["data"]["transcode"]["enabled"] and not RESIZE
+# what the splits stage reads of the kinetics section (not where the tree came from)
+TREE_KEYS = ("root", "layout", "annotations", "video_dirs", "extensions", "num_classes")
+
+
+def kinetics_root(path):
+    """`path` (a config path) under kinetics.root, or as given when absolute."""
+    return os.path.join(KINETICS["root"], path)
+
+
+def split_folder(split, extracted=False):
+    """The split's folder of the tree the splits stage reads, or (extracted, with the resize
+    on) the folder its originals are extracted into."""
+    folder = KINETICS["video_dirs"][split]
+    if extracted and RESIZE:
+        return kinetics_root(os.path.join("extracted", folder))
+    return kinetics_root(folder)
+
+
+def archive_url(path):
+    """A file of the archive: `path` under kinetics.archive.base_url (the scripts resolve it)."""
+    return f"{KINETICS['archive']['base_url'].rstrip('/')}/{path}"
+
+
+def archive_made(wildcards):
+    """The demo's archive is made by rules/demo.smk; the public one is just there."""
+    return rules.demo_archive.output if "demo" in config else []
+
+
+def part_names(split):
+    """The part files of a split (or the replacement archive: one part)."""
+    count = 1 if split == "replacement" else KINETICS["archive"]["parts"][split]
+    return [f"part_{index}" for index in range(count)]
+
+
+def fetch_inputs(wildcards):
+    """A split's part needs its list file; every part waits for the data plan, which refuses
+    when the disk cannot hold the peak (ancient: a new plan never re-fetches a part)."""
+    inputs = {"plan": ancient(rules.plan_data.output.json)}
+    if wildcards.split != "replacement":
+        inputs["list"] = rules.kinetics_list.output[0].format(split=wildcards.split)
+    return inputs
+
+
+def fetch_source(wildcards, input):
+    """The fetch script's source arguments: the list file and the part's line, or the URL."""
+    if wildcards.split == "replacement":
+        return f"--url {shlex.quote(archive_url(KINETICS['archive']['replacement']))}"
+    return (
+        f"--list {shlex.quote(input.list)}"
+        f" --list-url {shlex.quote(archive_url(KINETICS['archive']['lists'][wildcards.split]))}"
+        f" --index {wildcards.index} --parts {KINETICS['archive']['parts'][wildcards.split]}"
+    )
+
+
+def extract_inputs(wildcards):
+    """A part; the replacement archive also waits for every train part (it goes over them)."""
+    part = rules.kinetics_fetch.output.part.format(**wildcards)
+    if wildcards.split != "replacement":
+        return {"part": part}
+    return {"part": part, "train": part_manifests("train")}
+
+
+def part_manifests(split):
+    return [
+        rules.kinetics_extract.output.manifest.format(
+            split=split, index=name.split("_")[1]
+        )
+        for name in part_names(split)
+    ]
+
+
+def resize_settings():
+    """The resize's encoder settings (k400ft.encode.Settings fields): kinetics.resize and the
+    short side; with data.transcode on, its keyframe interval and tune (one encode)."""
+    resize, transcode = KINETICS["resize"], config["data"]["transcode"]
+    keyframes = transcode["enabled"]
+    return {
+        "short_side": KINETICS["resize_short_side"],
+        "crf": resize["crf"],
+        "preset": resize["preset"],
+        "tune": transcode["tune"] if keyframes else resize["tune"],
+        "keyint": transcode["keyint"] if keyframes else None,
+    }
+
+
+def plan_data_spec():
+    """What the data plan needs and what changes it."""
+    archive = KINETICS["archive"]
+    return {
+        "base_url": archive["base_url"],
+        "lists": archive["lists"],
+        "parts": archive["parts"],
+        "replacement": archive["replacement"],
+        "connections": archive["connections"],
+        "keep_archives": KINETICS["keep_archives"],
+        "root": KINETICS["root"],
+        "folders": [ARCHIVES, kinetics_root("extracted")]
+        + [split_folder(split) for split in PART_SPLITS],
+        "resize": resize_settings() if RESIZE else None,
+        "resize_videos": config["plan"]["resize_videos"],
+    }
+
+
+def missing_spec():
+    """What the summary of missing parts reads (onerror in rules/fetch.smk)."""
+    return {
+        "parts": {split: part_names(split) for split in [*PART_SPLITS, "replacement"]},
+        "archives": ARCHIVES,
+        "manifests": f"{RESULTS}/kinetics/extract",
+        "failures": f"{RESULTS}/kinetics/fetch/failed",
+        "output": f"{RESULTS}/kinetics/missing.json",
+    }
+
+
+def split_counts():
+    return [
+        rules.kinetics_verify.output[0].format(split=split) for split in PART_SPLITS
+    ]
+
+
 # data stage
 def kinetics_tree(wildcards):
-    """The demo's tree is made by rules/demo.smk; a user's tree is just there."""
-    return rules.demo_videos.output if "demo" in config else []
+    """What the splits stage waits for: the resized tree (its report), the extracted one (its
+    counts) or, for a user's copy (kinetics.source: local), nothing."""
+    if RESIZE:
+        return rules.kinetics_resize_gather.output
+    return split_counts() if ARCHIVE else []
 
 
 # finetune stage
 NOT_FINETUNE_DATA = ("num_workers", "transcode")
 
 
-def finetune_params(model):
-    """Exactly what changes the fine-tuned weights (evaluation settings are not here)."""
+def finetune_params(run):
+    """Exactly what changes run `run`'s fine-tuned weights: its model's, and its seed as the
+    recipe's `seed` (evaluation settings are not here)."""
+    model, seed = RUNS[run]
     spec = config["models"][model]
     return {
         "arch": spec["arch"],
         "finetune": spec["finetune"],
-        "recipe": config["recipe"],
+        "recipe": {**config["recipe"], "seed": seed},
         # not the loader's workers, nor the copies' settings (data.transcode reaches the
         # fine-tune as its inputs: a paper run without copies keeps exactly these params)
         "data": {k: v for k, v in config["data"].items() if k not in NOT_FINETUNE_DATA},
@@ -224,9 +403,10 @@ def finetune_params(model):
 
 # transcode stage
 def finetune_split(split):
-    """The fine-tune's train or val CSV: the short-keyframe copies' (data.transcode on)
-    or the splits stage's own. Evaluation always reads the originals."""
-    if config["data"]["transcode"]["enabled"]:
+    """The fine-tune's train or val CSV: the short-keyframe copies' (data.transcode on and
+    no resize, which makes them in its one encode) or the splits stage's own. Evaluation
+    reads the splits stage's."""
+    if TRANSCODE:
         return rules.transcode_gather.output[split]
     return rules.splits.output[split]
 
@@ -254,8 +434,8 @@ def plan_params():
 # evaluate stage
 def eval_weights(wildcards):
     """Our fine-tuned weights, or a released checkpoint for an eval-only row."""
-    if wildcards.row in config["models"]:
-        return rules.finetune.output.weights.format(model=wildcards.row)
+    if wildcards.row in RUNS:
+        return rules.finetune.output.weights.format(run=wildcards.row)
     return (
         f"{RESULTS}/checkpoints/{config['released'][wildcards.row]['checkpoint']}.pth"
     )
@@ -271,7 +451,7 @@ def eval_params(row):
         "num_classes": config["kinetics"]["num_classes"],
         "weights_format": (
             "ours"
-            if row in config["models"]
+            if row in RUNS
             else config["checkpoints"][spec["checkpoint"]]["format"]
         ),
         **cpu_threads("evaluate"),
@@ -280,7 +460,11 @@ def eval_params(row):
 
 # report stage
 def report_params():
-    """What the table needs besides the metrics files."""
+    """What the table needs besides the metrics files: per row (a model or released
+    weights), its evaluated runs with their seeds (null for released weights)."""
+    runs = {row: {row: None} for row in RELEASED}
+    for run, (model, seed) in RUNS.items():
+        runs.setdefault(model, {})[run] = seed
     return {
         "rows": {
             row: {
@@ -288,8 +472,9 @@ def report_params():
                 "pretrain_epochs": row_spec(row)["pretrain_epochs"],
                 "published": row_spec(row)["published"],
                 "finetuned": row in config["models"],
+                "runs": runs[row],
             }
-            for row in ROWS
+            for row in MODELS + RELEASED
         },
         "num_frames": config["data"]["num_frames"],
         "evaluate": config["evaluate"],

@@ -33,6 +33,8 @@ def schema_allows(schema):
     """What a schema node accepts, in words: 'an integer >= 1', '2d, 3d', 'true or false'."""
     if "enum" in schema:
         return ", ".join(str(value) for value in schema["enum"])
+    if "const" in schema:
+        return str(schema["const"])
     kinds = schema.get("type", [])
     kinds = [kinds] if isinstance(kinds, str) else kinds
     words = {"integer": "an integer", "number": "a number", "string": "a string"}
@@ -46,6 +48,7 @@ def schema_allows(schema):
             if schema.get("minItems", -1) == schema.get("maxItems")
             else ""
         ),
+        f"a multiple of {schema['multipleOf']}" if "multipleOf" in schema else "",
         f"matching {schema['pattern']}" if "pattern" in schema else "",
     ]
     return " ".join(part for part in parts if part) or "see schemas/config.schema.yaml"

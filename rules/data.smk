@@ -20,7 +20,7 @@ rule splits:
         mem_mb=8000,
         runtime=120,
     params:
-        kinetics=as_json(config["kinetics"]),
+        kinetics=as_json({key: KINETICS[key] for key in TREE_KEYS}),
         cache=f"{RESULTS}/cache/probe",
     shell:
         "python scripts/make_splits.py --kinetics {params.kinetics:q} --cache {params.cache:q}"

@@ -1,27 +1,44 @@
-# The embedded demo's inputs: a synthetic, learnable Kinetics-shaped video set and tiny
-# pretrained checkpoints in the exact upstream key layouts. Active only with demo/config.yaml.
+# The embedded demo's inputs: a synthetic, learnable Kinetics-shaped video set, packed as a
+# miniature of the public Kinetics-400 archive (which the fetch, extract and resize stages then
+# read as they read the real one), and tiny pretrained checkpoints in the exact upstream key
+# layouts. Active only with demo/config.yaml.
 
 if "demo" in config:
 
+    DEMO_ARCHIVE = demo_archive_folder()
+
     localrules:
-        demo_videos,
+        demo_archive,
         demo_checkpoint,
 
-    rule demo_videos:
+    rule demo_archive:
         output:
-            # the tree's annotation CSVs mark it complete (written last)
-            train=f"{config['kinetics']['root']}/{config['kinetics']['annotations']['train']}",
-            val=f"{config['kinetics']['root']}/{config['kinetics']['annotations']['val']}",
+            # a miniature of the public Kinetics-400 archive, in its layout; the fetch stage
+            # reads it from kinetics.archive.base_url (a file: URL of this folder)
+            lists=expand(
+                f"{DEMO_ARCHIVE}/{{path}}", path=KINETICS["archive"]["lists"].values()
+            ),
+            annotations=expand(
+                f"{DEMO_ARCHIVE}/{{path}}",
+                path=KINETICS["archive"]["annotations"].values(),
+            ),
+            replacement=f"{DEMO_ARCHIVE}/{KINETICS['archive']['replacement']}",
+            parts=[
+                f"{DEMO_ARCHIVE}/{os.path.dirname(KINETICS['archive']['lists'][split])}/{name}.tar.gz"
+                for split in PART_SPLITS
+                for name in part_names(split)
+            ],
         log:
-            f"{RESULTS}/logs/demo_videos.log",
+            f"{RESULTS}/logs/demo_archive.log",
         conda:
             "../envs/data.yaml"
         params:
             demo=as_json({k: v for k, v in config["demo"].items() if k != "pretrain"}),
-            kinetics=as_json(config["kinetics"]),
+            kinetics=as_json(KINETICS),
+            folder=lambda wc, output: archive_folder(output.replacement),
         shell:
-            "python scripts/make_demo.py videos --demo {params.demo:q} --kinetics {params.kinetics:q}"
-            " 2> {log:q}"
+            "python scripts/make_demo.py archive --demo {params.demo:q}"
+            " --kinetics {params.kinetics:q} --folder {params.folder:q} 2> {log:q}"
 
     rule demo_checkpoint:
         output:

@@ -1,28 +1,28 @@
-# One fine-tuning job per model: torchrun data parallel, resumable. The resume state lives
-# in <results>/state/<model>/ (not a declared output, so a failed or preempted job never
-# loses it); the declared outputs appear only when training completes.
+# One fine-tuning job per run (a model and a seed, RUNS): torchrun data parallel, resumable.
+# The resume state lives in <results>/state/<run>/ (not a declared output, so a failed or
+# preempted job never loses it); the declared outputs appear only when training completes.
 
 
 rule finetune:
     input:
         train=finetune_split("train"),
         val=finetune_split("val"),
-        pretrained=lambda wc: f"{RESULTS}/checkpoints/{config['models'][wc.model]['pretrained']}.pth",
+        pretrained=lambda wc: f"{RESULTS}/checkpoints/{row_spec(wc.run)['pretrained']}.pth",
     output:
-        weights=f"{RESULTS}/finetune/{{model}}/final.pt",
-        log=f"{RESULTS}/finetune/{{model}}/train_log.jsonl",
+        weights=f"{RESULTS}/finetune/{{run}}/final.pt",
+        log=f"{RESULTS}/finetune/{{run}}/train_log.jsonl",
     log:
-        f"{RESULTS}/logs/finetune/{{model}}.log",
+        f"{RESULTS}/logs/finetune/{{run}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/finetune/{{model}}.tsv"
+        f"{RESULTS}/benchmarks/finetune/{{run}}.tsv"
     conda:
         "../envs/train.yaml"
     threads: launch_threads("finetune")
     resources:
         **launch_resources("finetune"),
     params:
-        spec=lambda wc: as_json(finetune_params(wc.model)),
-        state=lambda wc: f"{RESULTS}/state/{wc.model}",
+        spec=lambda wc: as_json(finetune_params(wc.run)),
+        state=lambda wc: f"{RESULTS}/state/{wc.run}",
         launch=launcher("finetune"),
         device=config["launch"]["finetune"]["device"],
     shell:

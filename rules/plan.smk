@@ -7,6 +7,7 @@ rule plan:
     input:
         train=finetune_split("train"),
         test=rules.splits.output.test,
+        data=rules.plan_data.output.json if ARCHIVE else [],
     output:
         json=f"{RESULTS}/plan/cost.json",
         md=f"{RESULTS}/plan/cost.md",
@@ -25,5 +26,5 @@ rule plan:
         device=config["launch"]["finetune"]["device"],
     shell:
         "python scripts/plan.py --spec {params.spec:q} --device {params.device}"
-        " --train {input.train:q} --test {input.test:q} --threads {threads}"
+        " --train {input.train:q} --test {input.test:q} --data {input.data:q} --threads {threads}"
         " --out-dir $(dirname {output.json:q}) 2> {log:q}"

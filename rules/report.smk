@@ -9,7 +9,7 @@ rule report:
     input:
         metrics=expand(rules.evaluate.output.metrics, row=ROWS),
         logits=expand(rules.evaluate.output.logits, row=ROWS),
-        train_logs=expand(rules.finetune.output.log, model=MODELS),
+        train_logs=expand(rules.finetune.output.log, run=RUNS),
         labels=rules.splits.output.labels,
     output:
         table_md=f"{RESULTS}/report/table.md",

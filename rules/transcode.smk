@@ -4,8 +4,9 @@
 # so no checkpoint); each copy is written atomically under <results>/transcode/videos (not a
 # declared output, so a failed or stopped shard keeps what it finished and a re-run skips it).
 # The gather step writes the fine-tune's CSVs; evaluation keeps reading the originals.
+# With the archive's resize on, its one encode makes the short keyframes: this stage is idle.
 
-if config["data"]["transcode"]["enabled"]:
+if TRANSCODE:
 
     localrules:
         transcode_gather,

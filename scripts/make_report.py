@@ -6,8 +6,9 @@
         --out-dir results/report [--plan results/plan/cost.json]
 
 --spec: {"rows": {<row>: {"name", "pretrain_epochs", "published": {"top1", "top5"},
-"finetuned"}}, "num_frames": 16, "evaluate": {...}}. Each input file belongs to the row named
-by its parent folder.
+"finetuned", "runs": {<run>: <seed or null>}}}, "num_frames": 16, "evaluate": {...}}: a row is
+a model (one run per fine-tuning seed) or released weights (one run, seed null). Each input
+file belongs to the run named by its parent folder.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--spec", required=True, help="report spec as JSON (see above)")
-    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every row")
-    parser.add_argument("--logits", nargs="+", required=True, help="logits.npz of every row")
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every run")
+    parser.add_argument("--logits", nargs="+", required=True, help="logits.npz of every run")
     parser.add_argument(
-        "--train-logs", nargs="*", default=[], help="train_log.jsonl of every fine-tuned row"
+        "--train-logs", nargs="*", default=[], help="train_log.jsonl of every fine-tuned run"
     )
     parser.add_argument("--labels", required=True, help="labels.csv (index,name)")
     parser.add_argument(

@@ -18,10 +18,8 @@ reported and the fine-tune keeps its original).
 import argparse
 import sys
 
-from k400ft.io import setup_logging
+from k400ft.io import EXIT_IOERR, OutputError, setup_logging
 from k400ft.transcode import (
-    EXIT_IOERR,
-    OutputError,
     Settings,
     TranscodeError,
     gather,

@@ -38,6 +38,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qs, quote, urlsplit
 
 import trustme
+from httpfiles import requested_start, send_bytes
 
 HOSTS = (
     "drive.google.com",
@@ -266,32 +267,14 @@ class _DriveHandler(BaseHTTPRequestHandler):
 
     def _file(self, file: DriveFile) -> None:
         """The bytes, honouring `Range: bytes=N-` (with If-Range) like Drive does."""
-        start = 0
-        wanted = self.headers.get("Range", "")
-        if (
-            wanted.startswith("bytes=")
-            and wanted.endswith("-")
-            and self.headers.get("If-Range", file.etag) == file.etag
-        ):
-            start = int(wanted[len("bytes=") : -1])
-        body = file.data[start:]
-        cut = file.behaviour == "truncated" or (file.behaviour == "flaky" and file.served == 0)
+        start = requested_start(self, file.etag)
+        cut = None  # "truncated" and a "flaky" file's first time: half of what is asked
+        if file.behaviour == "truncated" or (file.behaviour == "flaky" and file.served == 0):
+            cut = start + (len(file.data) - start) // 2
         if start == 0:
             file.served += 1
-        self.send_response(HTTPStatus.PARTIAL_CONTENT if start else HTTPStatus.OK)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Disposition", f'attachment; filename="{file.name}"')
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", file.etag)
-        if start:
-            self.send_header(
-                "Content-Range", f"bytes {start}-{len(file.data) - 1}/{len(file.data)}"
-            )
-        self.end_headers()
-        if cut:
-            self.wfile.write(body[: len(body) // 2])
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-        else:
-            self.wfile.write(body)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{file.name}"',
+        }
+        send_bytes(self, file.data, file.etag, headers, start=start, cut=cut)

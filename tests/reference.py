@@ -10,6 +10,10 @@ Each one computes, the slow and plain way upstream does, what a fast path of `k4
 - `naive_test_view`: one test view decoded on its own, as upstream makes each view; the
   single-decode `video.TestDataset` is tested (tests/test_video.py) and benchmarked
   (benchmarks/data_throughput.py) against it.
+- `upstream_resize`: upstream's `resize_clip` (`functional.py`), OpenCV's bilinear resize frame
+  by frame: the test views' and the validation clip's resize are tested against it, byte for
+  byte (tests/test_video.py), and compared with it on K400-like footage
+  (benchmarks/view_pixels.py).
 
 They live here and not in scripts/k400ft/ because no stage runs them: the library holds what a
 run executes, and a reference kept beside it would read as a second way to do the same thing.
@@ -23,6 +27,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,13 +36,7 @@ from PIL import Image
 from k400ft import augment
 from k400ft.augment import random_resized_crop_box
 from k400ft.decoders import open_video
-from k400ft.video import (
-    normalize,
-    resize_short_side,
-    test_crop_offsets,
-    test_frame_indices,
-    test_view_starts,
-)
+from k400ft.video import normalize, test_crop_offsets, test_frame_indices, test_view_starts
 
 # upstream run_class_finetuning.py: --remode pixel, --recount 1 (random erasing, timm's
 # RandomErasing in `ClipAugment`); not recipe knobs in the paper.
@@ -143,8 +142,25 @@ def naive_test_view(
         test_frame_indices(len(reader), data_cfg["num_frames"], data_cfg["sampling_rate"]).tolist()
     ).asnumpy()
     size, length = int(data_cfg["short_side_size"]), int(data_cfg["num_frames"])
-    x = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), size).contiguous()
+    x = torch.from_numpy(upstream_resize(frames, size)).permute(0, 3, 1, 2)
     start = test_view_starts(x.shape[0], length, num_segments)[segment]
     top, left = test_crop_offsets(x.shape[2], x.shape[3], size, num_crops)[crop]
     x = x[start : start + length, :, top : top + size, left : left + size]
     return normalize(x, torch.tensor(data_cfg["mean"]), torch.tensor(data_cfg["std"]))
+
+
+def upstream_resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """[T, H, W, 3] uint8 -> short side `size`, as upstream's `resize_clip(clip, size,
+    "bilinear")` with its `get_resize_sizes`: nothing when the short side already is `size`,
+    else the long side int(size * long / short) and `cv2.resize(img, (w, h),
+    interpolation=cv2.INTER_LINEAR)` on each frame."""
+    height, width = frames.shape[1:3]
+    if (width <= height and width == size) or (height <= width and height == size):
+        return frames
+    if width < height:
+        new_h, new_w = int(size * height / width), size
+    else:
+        new_h, new_w = size, int(size * width / height)
+    return np.stack(
+        [cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for frame in frames]
+    )

@@ -26,9 +26,12 @@ from timm.data.random_erasing import RandomErasing
 from videos import write_pattern_mp4
 
 from k400ft import augment as A
+from k400ft import clipbatch as C
 from k400ft import randaugment as R
 from k400ft import video as V
-from k400ft.measure import OpCounter
+from k400ft.traffic import OpCounter, Traffic, install_kernel_counting
+
+install_kernel_counting()  # before anything is compiled in this process: kernels are counted
 
 # the fine-tune tests' data path without erasing (compared separately) and with 4 frames
 DATA = {**FINETUNE_DATA, "num_frames": 4, "augment": {**FINETUNE_DATA["augment"], "reprob": 0.0}}
@@ -273,7 +276,15 @@ def test_erasing_replaces_the_same_box_as_the_pil_path(frames):
 SIZES = ((36, 64), (64, 48), (40, 40), (36, 64), (48, 30))  # K400 mixes aspects in a batch
 
 
-def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
+def drawn_boxes(rng: random.Random, h: int, w: int, least: int) -> tuple[tuple, tuple]:
+    """A random crop box in an h x w frame (sides of at least `least`), and a random erasing
+    box on the 32 px clip."""
+    bh, bw = rng.randint(least, h), rng.randint(least, w)
+    box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
+    return box, (rng.randint(0, 20), rng.randint(0, 20), rng.randint(1, 12), rng.randint(1, 12))
+
+
+def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3, sizes=SIZES):
     """`videos` videos of the mixed SIZES, 2 clips each, whose 4 RandAugment layers hold every
     one of the 15 ops (each layer: the ops in turn, shifted, with timm's arguments at random
     magnitudes and signs), random crop boxes (upsampled and downsampled), flips and, with
@@ -282,7 +293,7 @@ def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
     names = sorted(PIL_OPS)
     clips, videos_frames, params = 0, [], []
     for v in range(videos):
-        h, w = SIZES[v % len(SIZES)]
+        h, w = sizes[v % len(sizes)]
         videos_frames.append(torch.randint(0, 256, (frames, h, w, 3), dtype=torch.uint8))
         video_params = []
         for _ in range(2):
@@ -290,14 +301,7 @@ def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
                 (name, op_arguments(name, rng.uniform(1, 10), rng.random() < 0.5))
                 for name in (names[(clips + 4 * layer) % 15] for layer in range(4))
             )
-            bh, bw = rng.randint(4, h), rng.randint(4, w)
-            box = (rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw)
-            erased = (
-                rng.randint(0, 20),
-                rng.randint(0, 20),
-                rng.randint(1, 12),
-                rng.randint(1, 12),
-            )
+            box, erased = drawn_boxes(rng, h, w, 4)
             video_params.append(
                 A.ClipParams(
                     ops,
@@ -312,14 +316,16 @@ def every_op_batch(videos: int, erase: bool, seed: int = 0, frames: int = 3):
     return videos_frames, params
 
 
-@pytest.mark.parametrize("by_size", [False, True], ids=["padded", "by size"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("by_size", [False, True], ids=["by orientation", "by size"])
 @pytest.mark.parametrize("erase", [False, True], ids=["erase off", "erase on"])
-def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase, by_size):
-    """Mixed frame sizes (padded to the largest), every one of the 15 ops in every layer:
-    the batch equals each clip made alone by the per-clip torch ops, bit for bit (the same
-    arithmetic: ops on padded frames see each clip's own pixels; the crop + resize is
-    F.interpolate's CPU arithmetic; erasing noise is a function of the clip's seed)."""
-    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
+def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase, by_size, compiled):
+    """Mixed frame sizes (each orientation group padded to its largest), every one of the 15
+    ops in every layer: the batch equals each clip made alone by the per-clip torch ops, bit
+    for bit, eager and compiled (the same arithmetic: ops on padded frames see each clip's own
+    pixels; the crop + resize is F.interpolate's CPU arithmetic; erasing noise is a function of
+    the clip's seed; the compiled kernels keep eager's rounding)."""
+    augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False, compiled=compiled)
     frames, params = every_op_batch(5, erase)
     assert {op for ps in params for p in ps for op, _ in p.ops} == set(PIL_OPS)
     clips = augmenter.batch(frames, params, by_size=by_size)
@@ -327,8 +333,25 @@ def test_a_batch_is_the_per_clip_torch_ops_clip_for_clip(erase, by_size):
     alone = torch.stack([augmenter.clip(f, p) for f, ps in pairs for p in ps])
     assert clips.shape == (10, 3, 3, 32, 32) and clips.is_contiguous()
     assert torch.equal(clips, alone)
-    padded, sizes = A.pad_frames(frames)  # as the loader's collate delivers them
+    groups, sizes = A.group_frames(frames)  # as the loader's collate delivers them
+    assert torch.equal(augmenter.batch(groups, params, sizes, by_size=by_size), clips)
+    padded, sizes = A.pad_frames(frames)  # one tensor padded to the batch's largest frame
     assert torch.equal(augmenter.batch(padded, params, sizes, by_size=by_size), clips)
+
+
+def test_group_frames_pads_each_orientation_apart():
+    frames = [torch.randint(1, 256, (2, h, w, 3), dtype=torch.uint8) for h, w in SIZES]
+    groups, sizes = A.group_frames(frames)
+    assert sizes.tolist() == [list(s) for s in SIZES]
+    assert C.size_groups(sizes.tolist(), exact=False) == [[0, 2, 3], [1, 4]]
+    assert C.size_groups(sizes.tolist(), exact=True) == [[0, 3], [1], [2], [4]]
+    assert [tuple(g.shape) for g in groups] == [(3, 2, 40, 64, 3), (2, 2, 64, 48, 3)]
+    for group, videos in zip(groups, ([0, 2, 3], [1, 4]), strict=True):
+        for padded, v in zip(group, videos, strict=True):
+            h, w = SIZES[v]
+            assert torch.equal(padded[:, :h, :w], frames[v]) and int(padded.sum()) == int(
+                frames[v].long().sum()
+            )
 
 
 def test_pad_frames_keeps_each_videos_pixels_and_size():
@@ -348,29 +371,29 @@ SYNCING = {"_local_scalar_dense", "bincount", "nonzero", "unique", "masked_selec
 def test_a_batch_reads_nothing_back_from_the_device():
     """No op of the batch path needs a device value on the host (on CUDA each would stop the
     host from queueing work ahead): no item, bincount, nonzero, unique, masked_select; the
-    erasing's repeat_interleave is told its output size."""
+    erasing's counters come from a size the host knows."""
     augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
     frames, params = every_op_batch(5, erase=True, frames=2)
-    padded, sizes = A.pad_frames(frames)
+    groups, sizes = A.group_frames(frames)
     with OpCounter() as counter:
-        augmenter.batch(padded, params, sizes, by_size=False)  # as on a GPU
+        augmenter.batch(groups, params, sizes, by_size=False)  # as on a GPU
     names = {name for name, _ in counter.calls}
     assert not names & SYNCING, names & SYNCING
-    repeats = [kwargs for name, kwargs in counter.calls if name == "repeat_interleave"]
-    assert repeats and all(kwargs.get("output_size") for kwargs in repeats)
+    assert "searchsorted" in names and "repeat_interleave" not in names
 
 
 def test_a_batch_dispatches_as_many_ops_for_96_clips_as_for_24():
-    """The batch's work is a fixed number of operations, whatever the number of clips: each op
-    (group) of each layer once, one crop-resize gather, one normalisation, one erasing scatter.
-    (The per-clip path dispatches ~4x more for 4x the clips.) The padded batch, as on a GPU."""
+    """The batch's work is a fixed number of operations, whatever the number of clips: per
+    layer one gather and each op kind once, one crop-resize gather, one erasing scatter. (The
+    per-clip path dispatches ~4x more for 4x the clips.) One orientation, as on a GPU."""
     augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False)
     counts = {}
     for clips in (24, 96):
-        frames, params = every_op_batch(clips // 2, erase=True, frames=2)
-        padded, sizes = A.pad_frames(frames)  # done by the loader's collate, in the workers
+        frames, params = every_op_batch(clips // 2, erase=True, frames=2, sizes=SIZES[2:4])
+        groups, sizes = A.group_frames(frames)  # done by the loader's collate, in the workers
+        assert len(groups) == 1
         with OpCounter() as counter:
-            augmenter.batch(padded, params, sizes, by_size=False)
+            augmenter.batch(groups, params, sizes, by_size=False)
         counts[clips] = counter.count
     assert counts[96] <= 1.1 * counts[24], counts
     frames, params = every_op_batch(2, erase=True, frames=2)
@@ -412,3 +435,105 @@ def test_a_batch_of_videos_of_different_sizes():
     assert clips.shape == (4, 3, 4, 32, 32) and clips.dtype == torch.float32
     torch_ops = A.ClipAugmenter(DATA, pil_on_cpu=False)
     assert torch.equal(clips[2], torch_ops.clip(frames[1], params[1][0]))
+
+
+# ---------------------------------------------------------------- compiled: graphs, bytes, FMA
+
+
+def random_batch(rng: random.Random, erase: bool = True):
+    """1-7 videos of random sizes (both orientations, squares), 2-3 frames, 1-2 clips each
+    with 0-4 random RandAugment ops (any of the 15, timm's arguments), random crops, flips and
+    erasing: what a compiled batch must serve without compiling again."""
+    names = sorted(PIL_OPS)
+    frames, params = [], []
+    count = rng.randint(2, 3)
+    for _ in range(rng.randint(1, 7)):
+        h, w = rng.randint(8, 40), rng.randint(8, 40)
+        frames.append(torch.randint(0, 256, (count, h, w, 3), dtype=torch.uint8))
+        video_params = []
+        for _ in range(rng.randint(1, 2)):
+            ops = tuple(
+                (name, op_arguments(name, rng.uniform(0, 10), rng.random() < 0.5))
+                for name in rng.choices(names, k=rng.randint(0, 4))
+            )
+            box, erased = drawn_boxes(rng, h, w, 1)
+            flip, erased = rng.random() < 0.5, erased if erase and rng.random() < 0.3 else None
+            video_params.append(A.ClipParams(ops, box, flip, erased, rng.randrange(2**62)))
+        params.append(video_params)
+    return frames, params
+
+
+def test_compiled_batches_compile_a_bounded_number_of_graphs():
+    """200 random batches (random clip counts per op kind, frame sizes, orientations, frame
+    counts, every op, erasing), grouped by size or by orientation: at most one graph per op
+    kind, the crop's and the erasing's (sizes are unbacked, storage offsets never 0 or 1), all
+    compiled in the first batches; every tenth batch equals the eager batch."""
+    compiled = A.ClipAugmenter(DATA, pil_on_cpu=False, compiled=True)
+    eager = A.ClipAugmenter(DATA, pil_on_cpu=False)
+    rng = random.Random(7)
+    start = C.compile_stats()["graphs"]
+    graphs = []
+    for number in range(200):
+        frames, params = random_batch(rng)
+        by_size = number % 2 == 0
+        clips = compiled.batch(frames, params, by_size=by_size)
+        graphs.append(C.compile_stats()["graphs"] - start)
+        if number % 10 == 0:
+            assert torch.equal(clips, eager.batch(frames, params, by_size=by_size)), number
+    assert graphs[-1] <= len(C.KINDS) + 2, graphs[-1]
+    assert graphs[-1] == graphs[30], (graphs[30], graphs[-1])
+
+
+def test_the_compiled_batch_reads_and_writes_little_more_than_its_pixels():
+    """Bytes read and written (k400ft.traffic: eager ops by their tensors, compiled kernels
+    by their arguments) for a batch of K400-shaped videos, real draws: the compiled batch moves
+    at most 12x the bytes of the clips' frames plus the float32 clips out (at K400 sizes
+    3.7 GB for 24 clips, 9x: benchmarks/augment.py), at least 10x less than the eager ops."""
+    sampler = A.ClipSampler(DATA)
+    frames, params = [], []
+    for number, (h, w) in enumerate([(64, 112), (64, 84), (84, 64)] * 2):
+        frames.append(torch.randint(0, 256, (4, h, w, 3), dtype=torch.uint8))
+        with V.item_rngs(0, 0, number):
+            params.append([sampler.draw(h, w) for _ in range(2)])
+    groups, sizes = A.group_frames(frames)
+    counted = {}
+    for compiled in (False, True):
+        augmenter = A.ClipAugmenter(DATA, pil_on_cpu=False, compiled=compiled)
+        augmenter.batch(groups, params, sizes, by_size=False)  # compiles
+        with Traffic() as traffic:
+            out = augmenter.batch(groups, params, sizes, by_size=False)
+        counted[compiled] = traffic
+    pixels = sum(2 * f.numel() for f in frames) + out.numel() * out.element_size()
+    assert sum(n for place, n in counted[True].ops.items() if place.startswith("compiled")) > 9
+    assert counted[True].total <= 12 * pixels, counted[True].bytes
+    assert counted[False].total >= 10 * counted[True].total
+
+
+CONTRACTED = {**C.OPTIONS, "cpp.enable_floating_point_contract_flag": "fast"}
+
+
+def test_fused_multiply_add_contraction_moves_at_most_one_level(frames):
+    """What a kernel that contracts a x b + c into one rounding (a GPU compiler may; ours are
+    compiled without, `clipbatch.OPTIONS`) would change, measured on this CPU with contraction
+    forced: the float32 kinds (rotation's bicubic, the blends) at most 1 level on at most 0.1%
+    of the values, the crop and normalisation one unit in the last place (README)."""
+    clip = torch.from_numpy(np.concatenate(frames[1:] * 2)).permute(0, 3, 1, 2)
+    x = clip.unsqueeze(0).expand(4, -1, -1, -1, -1).contiguous()
+    h, w = x.shape[-2:]
+    sizes = torch.tensor([[h, w]] * 4)
+    matrices = torch.tensor(
+        [R.rotation_matrix(d, h, w) for d in (7.3, -13.1, 21.7, -2.2)], dtype=torch.float64
+    )
+    factors = torch.tensor([0.37, 1.61, 1.23, 0.71], dtype=torch.float64)
+    for kind, arg in ((C.affine_xy, matrices), (C.colour, factors)):
+        eager, fused = x.clone(), x.clone()
+        kind(eager, arg, sizes)
+        torch.compile(kind, dynamic=True, options=CONTRACTED)(fused, arg, sizes)
+        diff = (eager.int() - fused.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() <= 0.001, kind.__name__
+    boxes = torch.tensor([[3, 5, 60, 100], [0, 0, h, w], [10, 20, 30, 40], [1, 2, 50, 90]])
+    finish = (x, torch.arange(4), boxes, torch.tensor([0, 1, 1, 0]), *A.ClipAugmenter(DATA).affine)
+    eager = C.crop_finish(*finish, 32)
+    fused = torch.compile(C.crop_finish, dynamic=True, options=CONTRACTED)(*finish, 32)
+    assert not torch.equal(eager, fused), "contraction forced but nothing changed"
+    assert torch.allclose(eager, fused, rtol=2**-23, atol=2**-22)

@@ -9,6 +9,7 @@ import re
 import runpy
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from unittest.mock import patch
 
@@ -18,21 +19,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import MINI_DEMO
 
 from k400ft import demo, layouts, models
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
-DEMO = {
-    "train_per_class": 3,
-    "val_per_class": 2,
-    "frames": [24, 32],
-    "height": 48,
-    "width": 64,
-    "broken": 3,
-    "seed": 3,
-}
+DEMO = {**MINI_DEMO, "train_per_class": 3, "val_per_class": 2, "frames": [24, 32], "seed": 3}
 KINETICS = {
     "root": "",  # set per tree
     "layout": "annotations",
@@ -362,3 +356,53 @@ def test_cli_checkpoint_rejects_a_non_pretraining_format(tmp_path):
     with pytest.raises(SystemExit, match="spec.format"):
         run_cli("checkpoint", "--spec", json.dumps(spec), "--output", str(tmp_path / "c.pth"))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_archive_holds_the_tree_in_the_real_layout(tree, tmp_path):
+    """make_demo's miniature archive: per split a list file naming part_<i>.tar.gz on the
+    original host, the parts beside it holding the tree's files (broken ones included) once
+    each, the annotation CSVs, and the replacement archive whose clip is cut short in its
+    part; the same bytes every time."""
+    archive = {
+        "lists": {"train": "train/k400_train_path.txt", "val": "val/k400_val_path.txt"},
+        "parts": {"train": 3, "val": 2},
+        "annotations": {"train": "annotations/train.csv", "val": "annotations/val.csv"},
+        "replacement": "replacement_for_corrupted_k400.tgz",
+    }
+    kinetics = {**KINETICS, "archive": archive}
+    summary = demo.write_archive(DEMO, kinetics, tmp_path / "a")
+    for split in ("train", "val"):
+        folder = tmp_path / "a" / split
+        listing = (folder / Path(archive["lists"][split]).name).read_text().splitlines()
+        assert listing == [
+            f"https://s3.amazonaws.com/kinetics/400/{split}/part_{n}.tar.gz"
+            for n in range(archive["parts"][split])
+        ]
+        packed = {}
+        for n in range(archive["parts"][split]):
+            with tarfile.open(folder / f"part_{n}.tar.gz") as tar:
+                for member in tar.getmembers():
+                    assert member.name not in packed and "/" not in member.name
+                    packed[member.name] = tar.extractfile(member).read()
+        on_disk = {p.name: p.read_bytes() for p in (tree / split).iterdir()}
+        [replaced] = summary["replaced"]
+        for name, data in on_disk.items():
+            if name == replaced:
+                assert packed[name] == data[: int(len(data) * demo.TRUNCATE_AT)]
+            else:
+                assert packed[name] == data, name
+        assert set(packed) == set(on_disk)  # the missing clip is in no part
+        assert (tmp_path / "a" / archive["annotations"][split]).read_bytes() == (
+            tree / KINETICS["annotations"][split]
+        ).read_bytes()
+    with tarfile.open(tmp_path / "a" / archive["replacement"]) as tar:
+        [member] = tar.getmembers()
+        assert member.name == f"replacement_for_corrupted_k400/{replaced}"
+        assert tar.extractfile(member).read() == (tree / "train" / replaced).read_bytes()
+    demo.write_archive(DEMO, kinetics, tmp_path / "b")
+    for path in (tmp_path / "a").rglob("*"):
+        if path.is_file():
+            assert (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes() == (
+                path.read_bytes()
+            ), path
+    assert not (tmp_path / "a" / ".tree").exists()

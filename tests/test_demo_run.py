@@ -3,6 +3,7 @@ training and 5x3 evaluation on CPU, in a copy of the repository so that `results
 working tree is never touched. Then the report, and the param isolation of the stages."""
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import job_counts, snakemake
+from test_report import main_table_cells
+from test_workflow import DEMO_JOBS, job_counts, snakemake
 
 from k400ft.provenance import file_sha256
 
@@ -67,8 +69,14 @@ def test_demo_learns_and_writes_the_table(demo_repo, capsys):
             "models"
         ].items()
     }
-    for model, m in metrics.items():  # one row per model, with its measured Top-1
-        assert f"| {names[model]} |" in table and f"| {m['top1']:.1f} |" in table, model
+    cells = main_table_cells(table)
+    for model, m in metrics.items():  # one row per model: its Top-1 and Top-5, each interval
+        row = cells[names[model]]
+        assert [row[4], row[5], row[7]] == ["0", f"{m['top1']:.1f}", f"{m['top5']:.1f}"], row
+        for value, interval in ((m["top1"], row[6]), (m["top5"], row[8])):
+            low, high = map(float, interval.strip("[]").split(", "))
+            assert low <= round(value, 1) <= high and high - low < 50, interval
+    assert "McNemar p" in table and "on this test set." in table  # the two compared
     for name in (
         "table.csv",
         "table.tex",
@@ -128,10 +136,63 @@ def test_recipe_settings_rerun_finetuning(demo_repo):
     }
 
 
+def test_adding_a_seed_runs_only_that_seeds_jobs(demo_repo):
+    out = dry_run_with(demo_repo, "finetune: {seeds: [0, 1]}")
+    assert job_counts(out) == {"finetune": 2, "evaluate": 2, "report": 1, "all": 1}
+    # the new seed's fine-tunes and evaluations only: seed 0's outputs keep their paths/params
+    jobs = re.findall(r"rule (finetune|evaluate):\n(?:\s+\S.*\n)*?\s+output: (\S+)", out)
+    assert sorted(path.split("/")[3] for _, path in jobs) == [
+        "catmae_vits16_seed1",
+        "catmae_vits16_seed1",
+        "videomae_vits16_seed1",
+        "videomae_vits16_seed1",
+    ], jobs
+
+
 def test_demo_pretext_settings_rerun_checkpoints_not_videos(demo_repo):
     counts = job_counts(dry_run_with(demo_repo, "demo: {pretrain: {steps: 5}}"))
-    assert "demo_videos" not in counts and "splits" not in counts, counts
+    assert "demo_archive" not in counts and "splits" not in counts, counts
     assert counts["demo_checkpoint"] == 2 and counts["finetune"] == 2, counts
+
+
+def downstream(*rules: str) -> dict[str, int]:
+    """The demo's jobs of `rules` and of every stage after the resize."""
+    after = ("kinetics_resize", "kinetics_resize_gather", "splits", "finetune", "evaluate")
+    return {rule: DEMO_JOBS[rule] for rule in (*rules, *after, "report", "all")}
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ("kinetics_resize", downstream()),
+        # not the lists, CSVs or data plan: the parts, then the rest
+        ("kinetics_fetch", downstream("kinetics_fetch", "kinetics_extract", "kinetics_verify")),
+    ],
+)
+def test_forcerun_of_a_data_stage_reruns_only_what_depends_on_it(demo_repo, stage, expected):
+    out = snakemake(*DEMO, "-n", "--forcerun", stage, cwd=demo_repo).stdout
+    assert job_counts(out) == expected
+
+
+def test_the_demo_came_from_its_archive(demo_repo, capsys):
+    """The chain from the file: archive: the data plan's lines, the parts gone once extracted
+    (keep_archives false), the replacement applied, the resize's report."""
+    results = demo_repo / "results/demo"
+    data = (results / "plan/data.md").read_text()
+    assert "7 parts (train 4, val 2, replacement 1" in data and ": fits" in data
+    assert not list((demo_repo / "results/demo/kinetics400/archives").rglob("*.tar.gz"))
+    train = json.loads((results / "kinetics/extract/train.json").read_text())
+    assert train["replaced"] == 1 and train["parts"] == 4
+    report = json.loads((results / "kinetics/resize/report.json").read_text())
+    assert report["settings"]["short_side"] == 72 and report["settings"]["keyint"] == 16
+    assert report["failed"] == 3 and report["resized"] == report["videos"] - 3
+    line = (
+        f"[resize] {report['videos']} videos, {report['resized']} resized, {report['failed']} "
+        f"failed (the broken files), PSNR {report['psnr']['mean']} dB, "
+        f"{report['core_seconds']} core-s"
+    )
+    with capsys.disabled():
+        print(f"\n[data plan]\n{data}\n{line}")
 
 
 def test_the_demo_plan_predicts_the_demo_fine_tunes_wall_time(demo_repo, capsys):

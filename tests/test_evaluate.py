@@ -153,21 +153,21 @@ def test_view_subsets_names_and_members():
     assert list(metrics.view_subsets(2, 2)) == ["1x1", "1x2", "2x1", "2x2"]
 
 
-def test_subset_accuracy_uses_only_the_selected_views():
+def test_subset_scores_use_only_the_selected_views():
     # 2 videos x 5 segments x 3 crops; only the centre crop of the middle segment is right.
     video, segment, crop = views_of([0, 1], 5, 3)
     label = video.copy()
     right = (segment == 2) & (crop == 1)
     logits = np.where(right[:, None], np.eye(2)[label] * 4, np.eye(2)[1 - label] * 1.0)
-    one = metrics.subset_accuracy(logits, video, segment, crop, label, [2], [1])
-    full = metrics.subset_accuracy(
-        logits, video, segment, crop, label, list(range(5)), list(range(3))
-    )
-    assert one["top1"] == 100.0
-    assert full["top1"] == 0.0
-    assert full == metrics.accuracy(metrics.aggregate(logits, video, segment, crop, label))
+    one = metrics.subset_scores(logits, video, segment, crop, label, [2], [1])
+    full = metrics.subset_scores(logits, video, segment, crop, label, list(range(5)), [0, 1, 2])
+    assert one.views.tolist() == [1, 1] and full.views.tolist() == [15, 15]
+    assert metrics.accuracy(one)["top1"] == 100.0
+    assert metrics.accuracy(full)["top1"] == 0.0
+    everything = metrics.aggregate(logits, video, segment, crop, label)
+    assert np.array_equal(full.probs, everything.probs)
     with pytest.raises(ValueError, match="no views"):
-        metrics.subset_accuracy(logits, video, segment, crop, label, [7], [0])
+        metrics.subset_scores(logits, video, segment, crop, label, [7], [0])
 
 
 # ---------------------------------------------------------------- batching and merging

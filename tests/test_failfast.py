@@ -27,7 +27,6 @@ from test_finetune import (
     cli_args,
     outcome,
     process_tree,
-    reference,
     tiny,
 )
 
@@ -39,7 +38,7 @@ FAULTS = ROOT / "tests/faults.py"
 HANG_LIMIT = 120
 TORCHRUN = [sys.executable, str(ROOT / "scripts/torchrun.py"), "--standalone"]  # the rules
 
-__all__ = ["reference", "tiny"]  # the fixtures, shared with test_finetune
+__all__ = ["tiny"]  # the fixture, shared with test_finetune
 
 
 def run_to_the_end(command: list[str], env: dict | None = None) -> tuple[int, str, float]:
@@ -93,12 +92,14 @@ def test_a_finetune_error_after_the_workers_started_ends_the_process(tiny, fault
     assert not (root / f"fault_{fault}/out/final.pt").exists()
 
 
-def test_a_full_disk_at_a_save_says_where_and_how_much_and_the_rerun_resumes(tiny, reference):
+def test_a_full_disk_at_a_save_says_where_and_how_much_and_the_rerun_resumes(tiny):
     """The second save finds the disk full: one line names the state file, the bytes it
     needed and that the previous state is intact (`OSError: [Errno 28] No space left on
     device` said none of it); a rerun once there is space resumes from that state and ends
-    as an uninterrupted run."""
+    as an uninterrupted run (the harness's control: no fault)."""
     root, spec = tiny
+    code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full_control", "none"))
+    assert code == 0, stderr[-3000:]
     code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full", "disk_full"))
     assert code == 1 and "Traceback" not in stderr, stderr[-3000:]
     error, exit_line = stderr.strip().splitlines()[-2:]
@@ -108,7 +109,7 @@ def test_a_full_disk_at_a_save_says_where_and_how_much_and_the_rerun_resumes(tin
     code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full", "none"))
     assert code == 0, stderr[-3000:]
     assert "using the previous state" in stderr
-    assert_same_run(reference, outcome(root / "full/out"))
+    assert_same_run(outcome(root / "full_control/out"), outcome(root / "full/out"))
 
 
 def test_an_error_on_one_rank_of_two_ends_the_whole_job(tiny):

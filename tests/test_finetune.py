@@ -946,14 +946,17 @@ def test_a_kill_inside_finish_leaves_no_declared_output_and_the_rerun_completes(
 
 def test_augmentation_on_the_device_resumes_bit_identical_too(tiny):
     """data.augment_on device: workers decode and draw, the training process makes the clips
-    (here on the CPU); a SIGKILL and a SIGTERM, then resume, still give the uninterrupted run."""
+    (here on the CPU); a SIGKILL and a SIGTERM, then resume, still give the uninterrupted run,
+    which made its clips with the compiled kernels (data.augment_compile on): the same bits."""
     root, spec = tiny
     on_device = json.loads(json.dumps(spec))
     on_device["data"]["augment_on"] = "device"
-    assert finish(fork_run(root, on_device, "dev_ref")) == [0], rank0_log(root, "dev_ref")[-3000:]
+    compiled = json.loads(json.dumps(on_device))
+    compiled["data"]["augment_compile"] = "on"
+    assert finish(fork_run(root, compiled, "dev_ref")) == [0], rank0_log(root, "dev_ref")[-3000:]
     reference = outcome(root / "dev_ref/out")
     resolved = json.loads((root / "dev_ref/out/spec.json").read_text())
-    assert resolved["plan"]["augment_on"] == "device"
+    assert resolved["plan"]["augment_on"] == "device" and resolved["plan"]["augment_compile"]
     for after, sig in ((2, signal.SIGKILL), (5, signal.SIGTERM)):
         ranks = fork_run(root, on_device, "dev")
         signal_at_step(root, "dev", [r.pid for r in ranks], after, sig)

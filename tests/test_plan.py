@@ -104,6 +104,24 @@ def test_advice_compute_bound_and_batch_growth():
     assert "finetune.batch_per_gpu can grow to 96" in lines[1]  # divisor of 384 / 4 = 96
 
 
+def test_advice_to_compile_the_augmentation_when_it_weighs_on_the_step():
+    parts = {"wait_ms": 0.0, "copy_ms": 1.0, "augment_ms": 30.0, "model_ms": 60.0}
+    fed = {"data_wait": 0.02, "augment_on": "device", "fed_parts": parts}
+    lines = advice(figures=fed)
+    assert lines[1] == (
+        "set data.augment_compile: on: the augmentation on the device takes 30.0 ms per step "
+        "beside the model's 60.0 (fused kernels move about 20x fewer bytes)"
+    )
+    assert len(advice(figures={**fed, "augment_compile": True})) == 1
+    light = {**fed, "fed_parts": {**parts, "augment_ms": 5.0}}
+    assert len(advice(figures=light)) == 1
+
+
+def test_the_augmentations_compile_is_in_the_fixed_start():
+    started = {**FIGURES, "import_s": 6.0, "augment_compile_s": 50.0}
+    assert P.project_run(started, 48, 150, 4, 240_000, 19_800)["start_s"] == 56.0
+
+
 def test_advice_to_compile_names_the_measured_gain_only_when_it_pays():
     lines = advice(figures={"data_wait": 0.02, "compiled_clips_per_s": 600.0})
     assert lines[1] == (
@@ -128,7 +146,7 @@ def plan_spec() -> dict:
             "tiny_2d": {"arch": TINY_ARCH, "finetune": {"global_batch": 4, "batch_per_gpu": 2}},
         },
         "recipe": {**RECIPE, "epochs": 3},
-        "data": {**DATA, "augment_on": "device"},
+        "data": {**DATA, "augment_on": "device", "augment_compile": "on"},
         "evaluate": {"num_segments": 2, "num_crops": 3, "batch_views": 6},
         "num_classes": NUM_CLASSES,
         "launch": {
@@ -156,6 +174,8 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
     parts = figures["fed_parts"]
     assert set(parts) == {"wait_ms", "copy_ms", "augment_ms", "model_ms"}
     assert parts["augment_ms"] > 0 and parts["model_ms"] > 0  # augment_on: device
+    assert figures["augment_compile"] is True  # compiled kernels, and what compiling cost
+    assert figures["augment_graphs"] >= 0 and figures["augment_compile_s"] >= 0
     assert figures["import_s"] > 0 and model["projection"]["start_s"] > figures["import_s"]
     assert saved["sample"] == {"train_videos": 8, "test_videos": 3}
     assert saved["launch"]["train_videos"] == 16 and saved["launch"]["test_videos"] == 4
@@ -163,6 +183,7 @@ def test_the_plan_on_tiny_real_videos_writes_cost_json_and_md(tiny, tmp_path):
     text = (tmp_path / "plan/cost.md").read_text()
     assert "| tiny_2d | 2 |" in text and "## What to do" in text
     assert "| Model | loader wait | host-to-device | augmentation | model step | fed step" in text
+    assert "tiny_2d: the augmentation on the device runs compiled kernels: " in text
     compared = saved["decoders"]
     assert compared["items"] == 8 + 3 and compared["differing"] == 0  # x264 closed GOPs
     assert compared["cannot_read"] == {"decord": 0, "pyav": 0}

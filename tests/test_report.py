@@ -1,7 +1,10 @@
 """The report stage on fabricated evaluation outputs: table contents in every format, the views
 ablation from saved logits, plots, provenance, and the mapping of files to rows."""
 
+import copy
+import html
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import ErrorbarContainer
 
-from k400ft import metrics, report
+from k400ft import metrics, report, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 8
@@ -22,18 +26,21 @@ SPEC = {
             "pretrain_epochs": 300,
             "published": {"top1": None, "top5": None},
             "finetuned": True,
+            "runs": {"catmae_vits16": 0},
         },
         "videomae_vits16": {
             "name": "VideoMAE ViT-S/16",
             "pretrain_epochs": 1600,
             "published": {"top1": 79.0, "top5": 93.8},
             "finetuned": True,
+            "runs": {"videomae_vits16": 0},
         },
         "videomae_released": {
             "name": "VideoMAE ViT-S/16 (released)",
             "pretrain_epochs": 1600,
             "published": {"top1": 79.0, "top5": 93.8},
             "finetuned": False,
+            "runs": {"videomae_released": None},
         },
     },
     "num_frames": 16,
@@ -90,51 +97,58 @@ def write_train_log(path: Path, epochs: int = 3, steps: int = 4) -> None:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
+def write_evaluation(results: Path, run: str, seed: int) -> dict[str, float]:
+    """evaluate/<run>/{logits.npz, metrics.json} from `fabricated_logits(seed)`; its Top-k."""
+    folder = results / "evaluate" / run
+    folder.mkdir(parents=True)
+    logits = fabricated_logits(seed)
+    np.savez_compressed(folder / "logits.npz", **logits)
+    scores = metrics.aggregate(
+        *(logits[k] for k in ("logits", "video", "segment", "crop", "label"))
+    )
+    acc = metrics.accuracy(scores)
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                **acc,
+                "videos": 24,
+                "videos_listed": 25,
+                "views": 15,
+                "num_segments": 5,
+                "num_crops": 3,
+                "num_frames": 16,
+                "excluded": [{"path": "/k400/val/v024.mp4", "reason": "empty file"}],
+                "weights": f"{run}.pt",
+                "weights_format": "ours",
+                "weights_sha256": f"{seed:064x}",
+                "spec_sha256": "ab" * 32,
+                "wall_time_s": 12.5,
+                "environment": {"device": "cpu"},
+            }
+        )
+    )
+    return acc
+
+
+def write_labels(results: Path) -> None:
+    (results / "splits").mkdir()
+    pd.DataFrame({"index": range(K), "name": LABELS}).to_csv(
+        results / "splits/labels.csv", index=False
+    )
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """Fabricated results tree, then scripts/make_report.py run on it (the rule's command)."""
     results = tmp_path_factory.mktemp("results")
-    expected = {}
-    for seed, row in enumerate(SPEC["rows"]):
-        folder = results / "evaluate" / row
-        folder.mkdir(parents=True)
-        logits = fabricated_logits(seed)
-        np.savez_compressed(folder / "logits.npz", **logits)
-        scores = metrics.aggregate(
-            *(logits[k] for k in ("logits", "video", "segment", "crop", "label"))
-        )
-        acc = metrics.accuracy(scores)
-        expected[row] = acc
-        (folder / "metrics.json").write_text(
-            json.dumps(
-                {
-                    **acc,
-                    "videos": 24,
-                    "videos_listed": 25,
-                    "views": 15,
-                    "num_segments": 5,
-                    "num_crops": 3,
-                    "num_frames": 16,
-                    "excluded": [{"path": "/k400/val/v024.mp4", "reason": "empty file"}],
-                    "weights": f"{row}.pt",
-                    "weights_format": "ours",
-                    "weights_sha256": f"{seed:064x}",
-                    "spec_sha256": "ab" * 32,
-                    "wall_time_s": 12.5,
-                    "environment": {"device": "cpu"},
-                }
-            )
-        )
+    expected = {row: write_evaluation(results, row, seed) for seed, row in enumerate(SPEC["rows"])}
     for row in ("catmae_vits16", "videomae_vits16"):
         write_train_log(results / "finetune" / row / "train_log.jsonl")
     plan = {"world_size": 4, "global_batch": 48, "accumulation": 1, "precision": "bf16"}
     (results / "finetune/videomae_vits16/spec.json").write_text(
         json.dumps({"spec": {"recipe": {}}, "plan": plan, "identity": "id", "torch": "2.14.1"})
     )
-    (results / "splits").mkdir()
-    pd.DataFrame({"index": range(K), "name": LABELS}).to_csv(
-        results / "splits/labels.csv", index=False
-    )
+    write_labels(results)
     (results / "benchmarks/evaluate").mkdir(parents=True)
     (results / "benchmarks/evaluate/catmae_vits16.tsv").write_text(
         "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -172,39 +186,76 @@ def made(tmp_path_factory):
     return out, expected
 
 
-def test_table_markdown_rows_and_numbers(made):
-    out, expected = made
-    md = (out / "table.md").read_text()
-    main = md.split("## Accuracy by views")[0]
-    lines = {
-        line.split(" | ")[0].lstrip("| "): line
+def main_table_cells(md: str) -> dict[str, list[str]]:
+    """The main table of table.md: model name -> its cells."""
+    main = md.split("## The fine-tuned models compared")[0]
+    return {
+        line.split(" | ")[0].lstrip("| "): line.removesuffix(" |").split(" | ")
         for line in main.splitlines()
         if line.startswith("| ")
     }
-    catmae = lines["CatMAE ViT-S/16"].split(" | ")
-    assert catmae[1:4] == ["300", "ours", "16x5x3"]
-    assert catmae[4:6] == [
-        f"{expected['catmae_vits16']['top1']:.1f}",
-        f"{expected['catmae_vits16']['top5']:.1f}",
-    ]
-    assert catmae[6:8] == ["24", "1"]
-    assert catmae[8:] == ["-", "-", "-", "- |"]  # nothing published for CatMAE
-    released = lines["VideoMAE ViT-S/16 (released)"].split(" | ")
+
+
+def test_table_markdown_rows_and_numbers(made):
+    out, expected = made
+    md = (out / "table.md").read_text()
+    csv = pd.read_csv(out / "table.csv").set_index("key")
+    lines = main_table_cells(md)
+    catmae = lines["CatMAE ViT-S/16"]
+    assert catmae[1:5] == ["300", "ours", "16x5x3", "0"]
+    assert catmae[5] == f"{expected['catmae_vits16']['top1']:.1f}"
+    assert catmae[7] == f"{expected['catmae_vits16']['top5']:.1f}"
+    low, high = csv.loc["catmae_vits16", ["top1_low", "top1_high"]]
+    assert catmae[6] == f"[{low:.1f}, {high:.1f}]"  # the 95% interval beside its value
+    assert catmae[9:11] == ["24", "1"]
+    assert catmae[11:] == ["-", "-", "-", "-"]  # nothing published for CatMAE
+    released = lines["VideoMAE ViT-S/16 (released)"]
     top1 = expected["videomae_released"]["top1"]
-    assert released[2] == "released"
-    assert released[8:10] == ["79.0", "93.8"]
-    assert released[10] == f"{top1 - 79.0:+.1f}"
+    assert released[2] == "released" and released[4] == "-"  # no seed: released weights
+    assert released[11:13] == ["79.0", "93.8"]
+    low, high = csv.loc["videomae_released", ["top1_low", "top1_high"]]
+    where = "inside" if low <= 79.0 <= high else "outside"
+    assert released[13] == f"{top1 - 79.0:+.1f} ({where})"
+    assert csv.loc["videomae_released", "published_top1_inside"] == (where == "inside")
     assert "| Model | 1x1 | 1x3 | 5x1 | 5x3 |" in md
     assert '<td align="left">pretrain epoch</td>' in md  # the seed's layout, filled in
 
 
-def test_table_csv_has_unrounded_numbers_and_ablation(made):
+def correct_of(seed: int) -> np.ndarray:
+    """Top-1 right or not per video of `fabricated_logits(seed)`, all views."""
+    logits = fabricated_logits(seed)
+    scores = metrics.aggregate(
+        *(logits[k] for k in ("logits", "video", "segment", "crop", "label"))
+    )
+    return metrics.topk_correct(scores.probs, scores.label, 1)
+
+
+def test_the_two_fine_tuned_models_compared_in_one_sentence(made):
+    out, _ = made
+    catmae, videomae = correct_of(0), correct_of(1)  # the fixture's rows 0 and 1
+    estimate, low, high = stats.paired_difference(100.0 * catmae, 100.0 * videomae)
+    p = stats.mcnemar(catmae, videomae)["p"]
+    sentence = stats.comparison_sentence(
+        "CatMAE ViT-S/16", "VideoMAE ViT-S/16", "Top-1", estimate, low, high, [p], [0]
+    )
+    assert sentence.startswith("CatMAE ViT-S/16 − VideoMAE ViT-S/16: ")
+    assert f"- {sentence}\n" in (out / "table.md").read_text()
+    assert html.escape(sentence) in (out / "table.html").read_text()
+    record = json.loads((out / "provenance.json").read_text())["comparisons"][0]
+    assert record["difference"] == pytest.approx(estimate) and record["mcnemar"][0]["p"] == p
+
+
+def test_table_csv_has_unrounded_numbers_intervals_and_ablation(made):
     out, expected = made
     table = pd.read_csv(out / "table.csv")
     assert table["key"].tolist() == list(SPEC["rows"])  # the spec's order, not the arguments'
+    assert table["seed"].fillna(-1).tolist() == [0, 0, -1]  # released weights: no seed
     for _, r in table.iterrows():
         assert r["top1"] == pytest.approx(expected[r["key"]]["top1"], abs=1e-4)
         assert r["top1_5x3"] == pytest.approx(r["top1"], abs=1e-4)  # ablation from logits = metrics
+        for k in ("top1", "top5"):
+            assert r[f"{k}_low"] <= r[k] <= r[f"{k}_high"]
+            assert r[f"{k}_5x3_low"] == r[f"{k}_low"] and r[f"{k}_1x1_low"] <= r[f"{k}_1x1"]
     # the fabricated centre view is the informative one: 1x1 (segment 2, crop 1) beats 5x3
     assert (table["top1_1x1"] > table["top1_5x3"] + 10).all()
     assert (table["top5_5x3"] < 100).all()
@@ -212,6 +263,70 @@ def test_table_csv_has_unrounded_numbers_and_ablation(made):
     assert table["delta_top5"].iloc[1] == pytest.approx(
         expected["videomae_vits16"]["top5"] - 93.8, abs=1e-4
     )
+
+
+def test_the_tables_are_the_same_bytes_on_a_rerun(made, tmp_path):
+    """Fixed bootstrap seed: a second report from the same files writes the same tables."""
+    out, _ = made
+    results = out.parent
+    rows = list(SPEC["rows"])
+    report.make_report(
+        SPEC,
+        [str(results / f"evaluate/{r}/metrics.json") for r in rows],
+        [str(results / f"evaluate/{r}/logits.npz") for r in rows],
+        [str(results / f"finetune/{r}/train_log.jsonl") for r in rows[:2]],
+        str(results / "splits/labels.csv"),
+        str(results / "benchmarks"),
+        str(tmp_path),
+    )
+    for name in ("table.md", "table.csv", "table.tex", "table.html"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_several_seeds_give_mean_sd_the_pooled_interval_and_per_seed_csv_rows(tmp_path):
+    """Two seeds per fine-tuned model (runs <model> and <model>_seed1), one released row."""
+    spec = copy.deepcopy(SPEC)
+    for row in ("catmae_vits16", "videomae_vits16"):
+        spec["rows"][row]["runs"] = {row: 0, f"{row}_seed1": 1}
+    fabricated = {  # run -> the fabricated logits' seed
+        "catmae_vits16": 0,
+        "catmae_vits16_seed1": 3,
+        "videomae_vits16": 1,
+        "videomae_vits16_seed1": 4,
+        "videomae_released": 2,
+    }
+    acc = {run: write_evaluation(tmp_path, run, seed) for run, seed in fabricated.items()}
+    finetuned = [run for run in fabricated if run != "videomae_released"]
+    for run in finetuned:
+        write_train_log(tmp_path / "finetune" / run / "train_log.jsonl")
+    write_labels(tmp_path)
+    report.make_report(
+        spec,
+        [str(tmp_path / f"evaluate/{r}/metrics.json") for r in fabricated],
+        [str(tmp_path / f"evaluate/{r}/logits.npz") for r in fabricated],
+        [str(tmp_path / f"finetune/{r}/train_log.jsonl") for r in finetuned],
+        str(tmp_path / "splits/labels.csv"),
+        str(tmp_path / "benchmarks"),
+        str(tmp_path / "report"),
+    )
+    csv = pd.read_csv(tmp_path / "report/table.csv", dtype={"seed": str})
+    assert csv["key"].tolist() == ["catmae_vits16"] * 3 + ["videomae_vits16"] * 3 + [
+        "videomae_released"
+    ]
+    assert csv["seed"].fillna("").tolist() == ["0", "1", "all", "0", "1", "all", ""]
+    pooled = csv[csv["seed"] == "all"].set_index("key").loc["catmae_vits16"]
+    mean, sd = stats.mean_sd([acc["catmae_vits16"]["top1"], acc["catmae_vits16_seed1"]["top1"]])
+    assert pooled["top1"] == pytest.approx(mean, abs=1e-4)
+    assert pooled["top1_sd"] == pytest.approx(sd, abs=1e-4) and pooled["seeds"] == 2
+    low, high = stats.interval(100.0 * (correct_of(0).astype(float) + correct_of(3)) / 2)
+    assert (pooled["top1_low"], pooled["top1_high"]) == pytest.approx((low, high), abs=1e-4)
+    catmae = main_table_cells((tmp_path / "report/table.md").read_text())["CatMAE ViT-S/16"]
+    assert catmae[4] == "0, 1" and catmae[5] == f"{mean:.1f} ± {sd:.1f}"
+    assert catmae[6] == f"[{low:.1f}, {high:.1f}]"
+    md = (tmp_path / "report/table.md").read_text()
+    assert re.search(r"McNemar p [=<] [0-9.]+, p [=<] [0-9.]+ \(seeds 0, 1\)", md)
+    record = json.loads((tmp_path / "report/provenance.json").read_text())
+    assert record["rows"]["catmae_vits16_seed1"]["seed"] == 1
 
 
 def test_table_tex_and_html(made):
@@ -233,6 +348,21 @@ def test_plots_are_non_empty_png_and_pdf(made):
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, stem
         assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_the_views_plot_has_the_intervals_as_whiskers(made, tmp_path):
+    out, _ = made
+    table = pd.read_csv(out / "table.csv")
+    fig = report.plot_views(table, tmp_path)
+    for ax, k in zip(fig.axes, ("top1", "top5"), strict=True):
+        whiskers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(whiskers) == len(table)  # one set per row
+        for (_, r), container in zip(table.iterrows(), whiskers, strict=True):
+            segments = container.lines[2][0].get_segments()  # one vertical line per subset
+            ends = [end for seg in segments for end in (seg[0][1], seg[1][1])]
+            subsets = ("1x1", "1x3", "5x1", "5x3")
+            expected = [r[f"{k}_{s}_{end}"] for s in subsets for end in ("low", "high")]
+            assert ends == pytest.approx(expected, abs=1e-4)
 
 
 def test_provenance(made):

@@ -105,3 +105,16 @@ def test_cost_projection():
     )
     assert with_val.wall_hours == pytest.approx(p.wall_hours + 150 * 198 / 3600)
     assert "750000 optimiser steps" in p.describe() and "GPU-hours" in p.describe()
+
+
+def test_augment_compile_resolves_per_device_and_refuses_other_values():
+    import torch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert S.augment_compile("auto", cuda) and not S.augment_compile("auto", cpu)
+    for on in ("on", True):  # YAML reads an unquoted on as true
+        assert S.augment_compile(on, cpu) and S.augment_compile(on, cuda)
+    for off in ("off", False):
+        assert not S.augment_compile(off, cuda)
+    with pytest.raises(S.SpecError, match="augment_compile must be auto, on or off, got 'yes'"):
+        S.augment_compile("yes", cpu)

@@ -81,10 +81,13 @@ STAND_INS = {
 }
 
 
-def recorded_sbatch(repo: Path, tmp_path: Path, launch: dict, targets: list[str]) -> dict:
+def recorded_sbatch(
+    repo: Path, tmp_path: Path, launch: dict, targets: list[str], changes: dict | None = None
+) -> dict:
     """Run `snakemake --profile slurm` on the paper config (inputs present, so only the
-    targets' jobs run) against stand-in SLURM commands: every job 'completes' without its
-    outputs and is submitted once more. Returns {rule: [argv of attempt 1, of attempt 2]}."""
+    targets' jobs run; a user's Kinetics copy unless `changes` say otherwise) against
+    stand-in SLURM commands: every job 'completes' without its outputs and is submitted once
+    more. Returns {rule: [argv of attempt 1, of attempt 2]}."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     calls.mkdir()
@@ -99,8 +102,9 @@ def recorded_sbatch(repo: Path, tmp_path: Path, launch: dict, targets: list[str]
     (results / "checkpoints").mkdir()
     for ckpt in ("catmae_vits16_pt300", "videomae_vits16_pt1600", "videomae_vits16_k400_ft"):
         (results / f"checkpoints/{ckpt}.pth").touch()
+    config = {"results": str(results), "launch": launch, "kinetics": {"source": "local"}}
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({"results": str(results), "launch": launch}))
+    overlay.write_text(yaml.safe_dump({**config, **(changes or {})}))
     env = environment()
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_SLURM=str(calls))
     proc = snakemake(
@@ -165,6 +169,54 @@ def test_sbatch_lines_of_the_paper_run(repo, tmp_path):
     assert option(evaluate, "--mem") == "32000"
     assert (option(evaluate, "-t"), option(calls["evaluate"][1], "-t")) == ("240", "480")
     assert option(evaluate, "--signal") is None
+
+
+def test_sbatch_lines_of_the_data_preparation(repo, tmp_path):
+    """Kinetics-400 from its archive: a part's fetch, a part's extraction and a resize shard
+    are CPU jobs (no GPU asked) with the profile's memory, runtimes and the rule's threads."""
+    root = tmp_path / "k400"
+    kinetics = {"source": "archive", "root": str(root)}
+    kinetics["archive"] = {"parts": {"train": 2, "val": 1}}
+    launch = {
+        "finetune": {"nodes": 1, "procs_per_node": 4, "device": "cuda"},
+        "evaluate": {"nodes": 1, "procs_per_node": 1, "device": "cuda"},
+    }
+    given = ["archives/train/parts.txt", "archives/val/parts.txt", "annotations/train.csv"]
+    given += ["annotations/validate.csv"]
+    runs = {  # what each run's targets read, oldest first (under k400/ or results/), targets
+        "fetch+extract": (
+            ["results/plan/data.json", "k400/archives/val/part_0.tar.gz"],
+            ["k400/archives/train/part_1.tar.gz", "results/kinetics/extract/val/part_0.json"],
+        ),
+        "resize": (
+            ["results/plan/data.json"]
+            + [f"results/kinetics/extract/{p}.json" for p in ("train/part_0", "train/part_1")]
+            + [f"results/kinetics/extract/{p}.json" for p in ("replacement/part_0", "val/part_0")]
+            + ["results/kinetics/extract/train.json", "results/kinetics/extract/val.json"],
+            ["results/kinetics/resize/shards/3.json"],
+        ),
+    }
+    calls = {}
+    for name, (present, targets) in runs.items():
+        base = tmp_path / name
+        files = [base / "k400" / g for g in given] + [base / p for p in present]
+        for number, path in enumerate(files):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path, (1_700_000_000 + number,) * 2)
+        overlay = {"kinetics": {**kinetics, "root": str(base / "k400")}}
+        calls |= recorded_sbatch(repo, base, launch, [str(base / t) for t in targets], overlay)
+    assert sorted(calls) == ["kinetics_extract", "kinetics_fetch", "kinetics_resize"]
+    expected = {  # rule: --mem, -t of attempt 1 and 2, --cpus-per-task
+        "kinetics_fetch": ("1000", ("120", "240"), "1"),
+        "kinetics_extract": ("1000", ("60", "120"), "1"),
+        "kinetics_resize": ("8000", ("240", "480"), "8"),
+    }
+    for rule, (memory, runtimes, cpus) in expected.items():
+        first, retry = calls[rule][:2]
+        assert option(first, "--gpus") is None and option(first, "--gres") is None, rule
+        assert option(first, "--mem") == memory and option(first, "--cpus-per-task") == cpus
+        assert (option(first, "-t"), option(retry, "-t")) == runtimes, rule
 
 
 def test_sbatch_lines_of_a_two_node_finetune(repo, tmp_path):
@@ -342,11 +394,15 @@ def test_demo_through_slurm(demo_on_slurm, repo, capsys):
     assert proc.returncode == 0, proc.stdout[-6000:]
     with capsys.disabled():
         print(f"\n[slurm] demo (2 epochs) through SLURM in {seconds:.0f} s")
-    # splits, the 2 transcode shards (data.transcode is on in the demo), 2 fine-tunes and 2
-    # evaluations are SLURM jobs; demo data, the transcode gather and the report are local
-    assert len(SUBMITTED.findall(proc.stdout)) == 7, proc.stdout[-6000:]
+    # the 7 parts' fetches and extractions, the 2 counts, the 2 resize shards (they make the
+    # short keyframes: data.transcode is on in the demo), splits, 2 fine-tunes and 2
+    # evaluations are SLURM jobs; the demo's inputs, the list files, annotation CSVs and data
+    # plan, the resize's report and the table are local
+    assert len(SUBMITTED.findall(proc.stdout)) == 23, proc.stdout[-6000:]
     logs = repo / ".snakemake/slurm_logs"
-    for rule, count in (("splits", 1), ("transcode", 2), ("finetune", 2), ("evaluate", 2)):
+    jobs = {"kinetics_fetch": 7, "kinetics_extract": 7, "kinetics_verify": 2}
+    jobs |= {"kinetics_resize": 2, "splits": 1, "finetune": 2, "evaluate": 2}
+    for rule, count in jobs.items():
         assert len(list((logs / f"rule_{rule}").rglob("*.log"))) == count, rule
     results = repo / "results/demo"
     for model in ("catmae_vits16", "videomae_vits16"):

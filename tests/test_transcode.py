@@ -22,7 +22,9 @@ from test_finetune import alive, process_tree
 from test_workflow import PAPER_JOBS, ROOT, fake_kinetics, job_counts, snakemake, write_config
 from videos import write_pattern_mp4
 
+from k400ft import encode as E
 from k400ft import transcode as T
+from k400ft.io import EXIT_IOERR
 from k400ft.video import open_video, read_frames, read_split_csv, write_split_csv
 
 SETTINGS = T.Settings(keyint=12, crf=18, preset="veryfast", tune="fastdecode")
@@ -99,21 +101,21 @@ def test_unique_sources_keep_first_seen_order():
 
 
 def test_sample_positions():
-    assert T.sample_positions(5, 8) == [0, 1, 2, 3, 4]
-    assert T.sample_positions(100, 3) == [0, 50, 99]
-    assert T.sample_positions(0, 3) == [] and T.sample_positions(9, 0) == []
+    assert E.sample_positions(5, 8) == [0, 1, 2, 3, 4]
+    assert E.sample_positions(100, 3) == [0, 50, 99]
+    assert E.sample_positions(0, 3) == [] and E.sample_positions(9, 0) == []
 
 
 def test_psnr_of_known_errors():
     frames = np.full((2, 4, 4, 3), 100, dtype=np.uint8)
-    assert T.psnr(frames, frames) == T.MAX_PSNR
+    assert E.psnr(frames, frames) == E.MAX_PSNR
     off_by_one = frames + 1  # MSE 1: 20 log10(255)
-    assert T.psnr(frames, off_by_one) == pytest.approx(20 * np.log10(255))
+    assert E.psnr(frames, off_by_one) == pytest.approx(20 * np.log10(255))
     mixed = frames.copy()
     mixed[1] += 2  # per-frame mean of (cap, 20 log10(255 / 2))
-    assert T.psnr(frames, mixed) == pytest.approx((T.MAX_PSNR + 20 * np.log10(127.5)) / 2)
+    assert E.psnr(frames, mixed) == pytest.approx((E.MAX_PSNR + 20 * np.log10(127.5)) / 2)
     with pytest.raises(ValueError, match="differ"):
-        T.psnr(frames, frames[:1])
+        E.psnr(frames, frames[:1])
 
 
 @pytest.mark.parametrize(
@@ -147,11 +149,11 @@ def test_copy_keeps_frames_size_and_rate_with_the_keyframe_interval(tmp_path, so
     assert read_frames(copy, np.arange(FRAMES)).shape == (FRAMES, HEIGHT, WIDTH, 3)
     with av.open(str(dest)) as container:
         assert container.streams.video[0].average_rate == 30
-    assert 40 < record["psnr"] < T.MAX_PSNR
-    assert record["psnr"] == pytest.approx(T.measure_psnr(source, dest, 8))
+    assert 40 < record["psnr"] < E.MAX_PSNR
+    assert record["psnr"] == pytest.approx(E.measure_psnr(source, dest, 8))
     assert record["core_seconds"] > 0 and record["copy_bytes"] > 0
-    assert T.check_copy(source, dest, SETTINGS) is None
-    assert "other settings" in T.check_copy(source, dest, T.Settings(12, 30, "veryfast"))
+    assert E.check_output(source, dest, SETTINGS) is None
+    assert "other settings" in E.check_output(source, dest, T.Settings(12, 30, "veryfast"))
     assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temp file left
 
 
@@ -262,7 +264,7 @@ def test_a_file_that_kills_its_process_is_reported_and_the_rest_are_copied(tmp_p
         # a video in flight when the pool broke is run again alone: its copy may be done
         # already (reused) or not (transcoded); either way it is there and valid
         assert records[n]["status"] in ("transcoded", "reused")
-        assert T.check_copy(paths[n], records[n]["copy"], SETTINGS) is None
+        assert E.check_output(paths[n], records[n]["copy"], SETTINGS) is None
 
 
 def test_script_errors_name_the_file(tmp_path, capsys):
@@ -355,7 +357,7 @@ def test_an_output_folder_that_cannot_be_written_fails_the_shard_before_any_vide
     output = tmp_path / "shards" / "0.json"
     code = script.main(shard_args(tmp_path, train_csv, val_csv, tmp_path / "videos", output))
     err = capsys.readouterr().err
-    assert code == T.EXIT_IOERR == 74, err
+    assert code == EXIT_IOERR == 74, err
     cause = "Read-only file system" if how == "read-only" else "(File exists|Not a directory)"
     assert re.search(rf"error: cannot write {re.escape(str(target))}: .*{cause}", err), err
     assert not output.exists()
@@ -392,7 +394,7 @@ def test_an_io_error_writing_a_copy_fails_the_shard_naming_it(tmp_path, sources,
     work = functools.partial(_failing_write, fault)
     with pytest.raises(OSError) as raised:
         T.transcode_sources(sources["good"], videos, SETTINGS, workers=1, work=work)
-    assert isinstance(raised.value, T.OutputError) and raised.value.errno == code
+    assert isinstance(raised.value, E.OutputError) and raised.value.errno == code
     assert raised.value.filename in {str(T.copy_path(p, videos)) for p in sources["good"]}
     assert str(raised.value).startswith(f"cannot write {videos}")
     assert [p for p in videos.rglob("*") if p.is_file()] == []
@@ -466,7 +468,7 @@ def paper_dry_run(tmp_path, edit=None):
     k400 = fake_kinetics(tmp_path / "k400")
 
     def configure(config):
-        config["kinetics"]["root"] = str(k400)
+        config["kinetics"].update(root=str(k400), source="local")
         if edit:
             edit(config)
 
@@ -510,6 +512,7 @@ PAPER_FINETUNE_DATA = {
     "std",
     "augment",
     "augment_on",
+    "augment_compile",
     "decoder",
 }
 
@@ -546,7 +549,7 @@ def test_a_copy_is_the_same_bytes_every_time(tmp_path):
     settings = T.Settings(keyint=16, crf=18, preset="veryfast", tune="fastdecode")
     copies = set()
     for attempt in range(4):
-        T.encode_copy(source, tmp_path / f"copy{attempt}.mp4", settings)
+        E.encode_video(source, tmp_path / f"copy{attempt}.mp4", settings)
         copies.add((tmp_path / f"copy{attempt}.mp4").read_bytes())
     assert len(copies) == 1
 
@@ -562,12 +565,12 @@ def test_two_clean_runs_make_copies_of_the_same_bytes(tmp_path):
     second.write_bytes(first.read_bytes())
     os.utime(second, ns=(10**18, 10**18))
     for number, source in enumerate((first, second)):
-        T.encode_copy(source, tmp_path / f"copy{number}.mp4", SETTINGS)
+        E.encode_video(source, tmp_path / f"copy{number}.mp4", SETTINGS)
     copy = (tmp_path / "copy0.mp4").read_bytes()
     assert copy == (tmp_path / "copy1.mp4").read_bytes()
     assert str(tmp_path).encode() not in copy and b"Lavf" not in copy
-    assert T.check_copy(second, tmp_path / "copy0.mp4", SETTINGS) is None  # reused
+    assert E.check_output(second, tmp_path / "copy0.mp4", SETTINGS) is None  # reused
     write_pattern_mp4(second, 24, 48, 64, seed=6)  # replaced: made again
-    assert T.check_copy(second, tmp_path / "copy0.mp4", SETTINGS) == (
+    assert E.check_output(second, tmp_path / "copy0.mp4", SETTINGS) == (
         "made from another source or with other settings"
     )

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from reference import ClipAugment, apply_same_draw, naive_test_view
+from reference import ClipAugment, apply_same_draw, naive_test_view, upstream_resize
 from torchvision.transforms import RandomResizedCrop
-from videos import frame_number, frame_pattern, write_mp4, write_pattern_mp4
+from videos import frame_number, frame_pattern, k400_like_frames, write_mp4, write_pattern_mp4
 
 from k400ft import augment as A
 from k400ft import video as V
@@ -421,6 +421,55 @@ def test_test_views_skip_resize_when_short_side_fits(tmp_path):
     assert torch.equal(last[:, 5:], expected[:, -1:].expand(-1, 11, -1, -1))
 
 
+# (height, width) of footage-like frames: K400's short side 320 at 16:9, 4:3 and portrait
+# (down), an exact 2x reduction (where OpenCV's INTER_LINEAR takes its INTER_AREA shortcut),
+# odd sizes a little down and up, small frames up, and frames already at the target size
+# (upstream then does not resize at all), a square one included.
+UPSTREAM_SIZES = [
+    (320, 568),
+    (320, 427),
+    (568, 320),
+    (448, 600),
+    (225, 301),
+    (223, 397),
+    (181, 243),
+    (120, 160),
+    (224, 298),
+    (300, 224),
+    (250, 250),
+]
+
+
+@pytest.mark.parametrize(("height", "width"), UPSTREAM_SIZES)
+def test_test_views_and_validation_clip_are_upstreams_opencv_pixels(tmp_path, height, width):
+    """Byte for byte what upstream's `resize_clip` (cv2.resize, INTER_LINEAR, per frame) then
+    its crops give: all 15 test views (uint8) and the validation clip."""
+    data = {**DATA, "short_side_size": 224, "input_size": 224}
+    frames = k400_like_frames(16, height, width, seed=height + width)
+    resized = upstream_resize(frames, 224)
+    upstream = torch.from_numpy(resized).permute(3, 0, 1, 2)  # [3, T, h, w]
+    csv = _csv(tmp_path, [("never decoded.mp4", 0)])
+    views = V.TestDataset(csv, data, 5, 3, normalized=False).views(frames)
+    expected = torch.stack(
+        [
+            upstream[:, start : start + 16, top : top + 224, left : left + 224]
+            for start in V.test_view_starts(16, 16, 5)
+            for top, left in V.test_crop_offsets(*resized.shape[1:3], 224, 3)
+        ]
+    )
+    diff = views.int() - expected.int()
+    assert views.shape == expected.shape and not diff.any(), (
+        f"{(diff != 0).float().mean():.1%} of the test views' values differ from upstream's, "
+        f"mean {diff.float().mean():+.3f} levels"
+    )
+    top, left = V.center_crop_offset(*resized.shape[1:3], 224)
+    crop = torch.from_numpy(resized[:, top : top + 224, left : left + 224]).permute(0, 3, 1, 2)
+    validation = V.TrainDataset(csv, data, "validation").validation_clip(frames)
+    assert torch.equal(
+        validation, V.normalize(crop, torch.tensor(data["mean"]), torch.tensor(data["std"]))
+    )
+
+
 def test_broken_test_video_is_reported_not_raised(clips, tmp_path):
     item = V.TestDataset(_csv(tmp_path, [(clips["broken"], 2)]), DATA, 5, 3)[0]
     assert item["ok"] is False and item["views"].shape == (0, 3, 16, 32, 32)
@@ -490,8 +539,8 @@ def test_validation_view_is_centre_crop_of_random_window(clips, tmp_path):
     with V.item_rngs(0, 0, 0) as rng:
         indices = V.train_frame_indices(70, rng)
     frames = torch.from_numpy(V.read_frames(V.open_video(clips["wide"]), indices))
-    resized = V.resize_short_side(frames.permute(0, 3, 1, 2), 32)  # 48 x 64 -> 32 x 42
-    assert resized.shape[-2:] == (32, 42)
+    resized = torch.from_numpy(upstream_resize(frames.numpy(), 32)).permute(0, 3, 1, 2)
+    assert resized.shape[-2:] == (32, 42)  # 48 x 64 -> 32 x 42
     expected = V.normalize(resized[:, :, :, 5:37], dataset.mean, dataset.std)  # round(5.0)
     assert torch.equal(clip[0], expected)
 

@@ -1,7 +1,8 @@
 """Tiny real video files for tests: H.264 mp4 files written with PyAV (libx264).
 
 `frame_pattern` draws frames whose mean brightness encodes the frame number, so a test can
-check which frame a decoder returned despite lossy compression; `write_mp4` encodes any
+check which frame a decoder returned despite lossy compression; `k400_like_frames` looks
+like footage (a smooth scene panning, a moving square, sensor noise); `write_mp4` encodes any
 uint8 frames. Keep the files small: these helpers are meant for fast unit tests.
 
 Beware: decord 0.6.0 returns 4-channel frames (and get_batch fails) for some tiny widths
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 
@@ -38,6 +41,24 @@ def frame_pattern(
         bar = (t * 2) % max(width - 4, 1)
         frame[:, bar : bar + 3, :] = 255
         frames[t] = frame.astype(np.uint8)
+    return frames
+
+
+def k400_like_frames(num_frames: int, height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random scene panning 2 px per frame, a moving square, light sensor noise."""
+    rng = np.random.default_rng(seed)
+    wide = width + 2 * num_frames
+    coarse = torch.from_numpy(
+        rng.integers(0, 256, (1, 3, height // 10 + 2, wide // 10 + 2))
+    ).float()
+    scene = F.interpolate(coarse, size=(height, wide), mode="bicubic", align_corners=False)
+    scene = scene.clamp(0, 255)[0].permute(1, 2, 0).numpy()
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        frame = scene[:, 2 * t : 2 * t + width] + rng.normal(0, 2, (height, width, 3))
+        y, x = (37 * t) % (height - 60), (53 * t) % (width - 60)
+        frame[y : y + 60, x : x + 60] = (240, 60, 30)
+        frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 
 

@@ -4,12 +4,15 @@ The pieces the fine-tuning engine (k400ft.finetune) runs and the timing harness
 (k400ft.measure) times, built one way for both (REFERENCE.md §2): AdamW (betas, eps) with weight
 decay on matrices only and layer-wise lr decay (`param_groups`, `make_optimizer`); timm's
 Mixup / CutMix on 5-D clips (`make_mixup`, `mix_clips`) with the loss upstream pairs with it
-(`make_criterion`); the autocast of the resolved precision; top-k counting for validation.
+(`make_criterion`); the autocast of the resolved precision; top-k counting for validation; and
+the optimiser step made of them (`OptimiserStep`), the one the engine runs and the plan times.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -104,3 +107,46 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) 
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == labels.unsqueeze(1)
     return [int(hits[:, : min(k, logits.shape[1])].any(dim=1).sum()) for k in ks]
+
+
+@dataclass
+class OptimiserStep:
+    """The fine-tuning engine's optimiser step (k400ft.finetune runs it, k400ft.measure times
+    it): at `lr`, `accumulation` micro-batches, each taken from `feeder` (`feed.Feeder`: made
+    on the device a step ahead), Mixup/CutMix, autocast forward, loss, backward of loss /
+    accumulation (with DDP, `no_sync` on all but the last), the next batch fetched while the
+    device runs this one; then AdamW (through the grad scaler) and zeroed gradients. Returns
+    the step's mean loss on the device (not read: no sync)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    mixup: Mixup | None
+    criterion: nn.Module
+    device: torch.device
+    precision: str
+    accumulation: int = 1
+    no_sync: Callable | None = None  # DDP's model.no_sync; None with one process
+
+    def __call__(self, feeder, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(self.accumulation):
+            clips, labels = feeder.take()
+            if self.mixup is not None:
+                clips, targets = mix_clips(self.mixup, clips, labels)
+            else:
+                targets = labels
+            last = micro == self.accumulation - 1
+            sync = contextlib.nullcontext() if last or self.no_sync is None else self.no_sync()
+            with sync:
+                with autocast(self.device, self.precision):
+                    loss = self.criterion(self.model(clips), targets)
+                self.scaler.scale(loss / self.accumulation).backward()
+            feeder.fetch()  # the next batch, made while this step runs on the device
+            step_loss += loss.detach() / self.accumulation
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss

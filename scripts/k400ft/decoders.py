@@ -197,6 +197,15 @@ def decord_misnumbers(pts_in_file_order: list[int], keyframe_positions: list[int
     return bool(np.any(ranks[positions] != positions))
 
 
+def describe_error(err: BaseException) -> str:
+    """A decoder error on one line: decord's messages without their timestamps and source
+    locations, at most 300 characters."""
+    lines = [
+        re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", line).strip() for line in str(err).splitlines()
+    ]
+    return " | ".join(line for line in lines if line)[:300] or type(err).__name__
+
+
 class DecordVideo(VideoReader):
     """decord's reader (one thread) that knows its file, so that a failure to decode it can
     be explained (`broken_verdict`)."""
@@ -257,12 +266,3 @@ def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndar
     if len(unique) == len(indices) and np.array_equal(unique, indices):
         return batch
     return batch[inverse.reshape(-1)]
-
-
-def describe_error(err: BaseException) -> str:
-    """A decoder error on one line: decord's messages without their timestamps and source
-    locations, at most 300 characters."""
-    lines = [
-        re.sub(r"^\[[0-9:]+\] \S+:[0-9]+: ", "", line).strip() for line in str(err).splitlines()
-    ]
-    return " | ".join(line for line in lines if line)[:300] or type(err).__name__

@@ -43,8 +43,11 @@ new head under the full recipe.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import logging
+import shutil
+import tarfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -344,6 +347,81 @@ def write_videos(demo: dict, kinetics: dict) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - began, 2),
     }
     log.info("demo videos: %s", summary)
+    return summary
+
+
+ARCHIVE_HOST = "https://s3.amazonaws.com/kinetics/400"  # the host the real list files name
+ARCHIVE_MTIME = 1_577_836_800  # the members' mtime (2020-01-01): the same bytes every time
+REPLACEMENT_FOLDER = "replacement_for_corrupted_k400"  # the replacement archive's one folder
+REPLACED = 1  # good train clips that are corrupt in their part and whole in the replacement
+
+
+def tar_gz(files: Sequence[tuple[str, bytes]]) -> bytes:
+    """A tar.gz of (name, bytes) regular files, the same bytes for the same files (fixed
+    mtimes, root-owned, mode 0644, no name or time in the gzip header)."""
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, ARCHIVE_MTIME
+                tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def write_archive(demo: dict, kinetics: dict, folder: str | Path) -> dict[str, Any]:
+    """The demo's tree (`write_videos`) packed at `folder` as a miniature of the public
+    Kinetics-400 archive, in its layout (config `kinetics.archive`): per split a list file
+    naming `part_<i>.tar.gz` on the original host, the parts beside it (the split's files,
+    broken ones included, dealt out by name over `archive.parts[split]` parts), the
+    annotation CSVs, and the replacement archive: the first REPLACED good train clips (by
+    name) are cut short in their part, and whole in the replacement, in its folder
+    `replacement_for_corrupted_k400/` as in the real one. Every file is written atomically;
+    returns a summary."""
+    archive = _require(kinetics, "archive", "kinetics")
+    folder = Path(folder)
+    staging = folder / ".tree"
+    shutil.rmtree(staging, ignore_errors=True)
+    tree = write_videos(demo, {**kinetics, "root": str(staging)})
+    clips = plan_clips(demo)
+    good = sorted(c.filename for c in clips if c.split == "train" and c.defect is None)
+    replaced = good[:REPLACED]
+    counts = {}
+    for split in SPLITS:
+        source = staging / kinetics["video_dirs"][split]
+        files = [(p.name, p.read_bytes()) for p in sorted(source.iterdir())]
+        files = [
+            (name, data[: int(len(data) * TRUNCATE_AT)] if name in replaced else data)
+            for name, data in files
+        ]
+        parts = int(_require(archive["parts"], split, "kinetics.archive.parts"))
+        listing = folder / archive["lists"][split]
+        lines = []
+        for number in range(parts):
+            name = f"part_{number}.tar.gz"
+            with atomic_write(listing.parent / name) as handle:
+                handle.write(tar_gz(files[number::parts]))
+            lines.append(f"{ARCHIVE_HOST}/{split}/{name}\n")
+        with atomic_write(listing, "w") as handle:
+            handle.write("".join(lines))
+        with atomic_write(folder / archive["annotations"][split], "wb") as handle:
+            handle.write((staging / kinetics["annotations"][split]).read_bytes())
+        counts[split] = {"parts": parts, "files": len(files)}
+    whole = staging / kinetics["video_dirs"]["train"]
+    with atomic_write(folder / archive["replacement"]) as handle:
+        handle.write(
+            tar_gz([(f"{REPLACEMENT_FOLDER}/{n}", (whole / n).read_bytes()) for n in replaced])
+        )
+    shutil.rmtree(staging)
+    broken = [{**b, "path": Path(b["path"]).name} for b in tree["broken"]]
+    summary = {
+        "archive": str(folder),
+        "splits": counts,
+        "replaced": replaced,
+        **{key: tree[key] for key in ("classes", "videos", "frames", "bytes")},
+        "broken": broken,
+    }
+    log.info("demo archive: %s", summary)
     return summary
 
 

@@ -106,7 +106,7 @@ def move(batch: tuple, device: torch.device, augment_on_device: bool) -> tuple:
     if not augment_on_device:
         return batch[0].to(device, non_blocking=True), labels
     frames, sizes, params = batch[:3]
-    return frames.to(device, non_blocking=True), sizes, params, labels
+    return [f.to(device, non_blocking=True) for f in frames], sizes, params, labels
 
 
 def make_clips(moved: tuple, augmenter) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,8 +20,9 @@ refused with the numbers to change.
 The loop, top-down in `Finetune`: `run` (the state dir held, every way out reported) -> `train`
 (resume, then per epoch: train, save, validate, log, stop check; then the outputs) ->
 `train_one_epoch` (optimiser steps; after each: the late loss, the logging hook, the stop check)
--> `train_step` (one optimiser step: micro-batches made on the device a step ahead by
-`feed.Feeder`, Mixup/CutMix, forward, backward, AdamW). Around it, one job each:
+-> `self.step` (one optimiser step, `components.OptimiserStep`, which the plan times too:
+micro-batches made on the device a step ahead by `feed.Feeder`, Mixup/CutMix, forward,
+backward, AdamW). Around it, one job each:
 k400ft.lifecycle (lock, resume, saves on epoch / timer / signal, the outputs), k400ft.bookkeeping
 (train_log.jsonl, TensorBoard, the bar, log lines, the cost projection), k400ft.samplers (the
 data order), k400ft.feed (the next batch a step ahead, the loss read a step late).
@@ -122,14 +123,15 @@ class Finetune:
         self.train_set = video.TrainDataset(
             train_csv, data, "train", seed=seed, num_classes=classes, apply_augment=not on_device
         )
-        # augment_on device: the workers draw the parameters, the clips are made here
-        self.augmenter = augment.ClipAugmenter(data) if on_device else None
         self.val_set = video.TrainDataset(
             val_csv, data, "validation", seed=seed, num_classes=classes
         )
         self.plan = schedule.make_plan(
             spec, info.world_size, len(self.train_set), len(self.val_set), self.device, train_csv
         )
+        # augment_on device: the workers draw the parameters, the clips are made here
+        compiled = self.plan.augment_compile
+        self.augmenter = augment.ClipAugmenter(data, compiled=compiled) if on_device else None
         self.identity = lifecycle.run_identity(
             spec, {"train": train_csv, "val": val_csv, "pretrained": pretrained}
         )
@@ -202,6 +204,17 @@ class Finetune:
         distributed.barrier()
         self.progress = self.checkpointer.resume()
         self.model = runnable(self.net, plan.compile, self.device)
+        self.step = components.OptimiserStep(
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self.mixup,
+            self.criterion,
+            self.device,
+            plan.precision,
+            plan.accumulation,
+            self.model.no_sync if distributed.active() else None,
+        )
         self.books.started(self.spec["arch"]["patchify"], self.progress.global_step)
         try:
             with self.checkpointer.signals_caught():
@@ -267,7 +280,7 @@ class Finetune:
         )
         while progress.step_in_epoch < plan.steps_per_epoch:
             lr = plan.lr_at(progress.global_step)
-            step_loss = self.train_step(feeder, lr)
+            step_loss = self.step(feeder, lr)
             where = f"epoch {epoch}, step {progress.step_in_epoch} (global {progress.global_step})"
             self.settle_loss()  # the previous step's: its work is done or nearly
             self.pending_loss = feed.LateLoss(step_loss, where)
@@ -282,38 +295,6 @@ class Finetune:
                 self.check_stop()
         self.settle_loss()
         self.meter.close()
-
-    def train_step(self, feeder: feed.Feeder, lr: float) -> torch.Tensor:
-        """One optimiser step at `lr`: `accumulation` micro-batches (each taken from the feeder,
-        Mixup/CutMix, autocast forward, loss, backward; DDP all-reduces on the last only; the
-        next batch fetched while the device runs this one), then AdamW. Returns the step's mean
-        loss, on the device (not read: no sync)."""
-        accumulation = self.plan.accumulation
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        step_loss = torch.zeros((), device=self.device)
-        for micro in range(accumulation):
-            clips, labels = feeder.take()
-            if self.mixup is not None:
-                clips, targets = components.mix_clips(self.mixup, clips, labels)
-            else:
-                targets = labels
-            last = micro == accumulation - 1
-            sync = (
-                contextlib.nullcontext()
-                if last or not distributed.active()
-                else self.model.no_sync()
-            )
-            with sync:
-                with components.autocast(self.device, self.plan.precision):
-                    loss = self.criterion(self.model(clips), targets)
-                self.scaler.scale(loss / accumulation).backward()
-            feeder.fetch()  # the next batch, made while this step runs on the device
-            step_loss += loss.detach() / accumulation
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return step_loss
 
     def settle_loss(self) -> None:
         """Account the step loss read back late (if one is pending) into the epoch's sum and

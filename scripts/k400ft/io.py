@@ -1,4 +1,5 @@
-"""Small helpers every stage shares: atomic outputs, logging, JSON arguments, process ties."""
+"""Small helpers every stage shares: atomic outputs and their errors, logging, JSON arguments,
+process ties."""
 
 from __future__ import annotations
 
@@ -44,6 +45,34 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+class OutputError(OSError):
+    """An output cannot be written (a file, a folder, a record): a read-only or full file
+    system, a file where a folder should be. The job fails (exit EXIT_IOERR), naming the
+    path: every later output would fail the same way, so it is never reported as one
+    input's failure. errno is the cause's."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+EXIT_IOERR = 74  # EX_IOERR (sysexits.h): the exit of a script that an OutputError ends
+
+
+@contextlib.contextmanager
+def writing(
+    path: str | os.PathLike, passthrough: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """Turn an OSError raised in the block into an OutputError naming `path` (the output the
+    block writes); OSErrors of the `passthrough` types are not the disk's (a decoder's, a
+    connection's) and are left as they are."""
+    try:
+        yield
+    except (OutputError, *passthrough):
+        raise
+    except OSError as err:
+        raise OutputError(err.errno, str(err), os.fspath(path)) from err
 
 
 def check_writable(folder: str | os.PathLike) -> None:

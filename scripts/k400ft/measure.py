@@ -1,13 +1,14 @@
 """The timing harness: the engine's train step, model alone or fed by the loader, and an evaluation.
 
 One piece of code that `benchmarks/train_step.py` and the `plan` stage (k400ft.plan) both call.
-`Trainer.step` is the fine-tuning engine's micro-step, built from the same parts
-(k400ft.components: Mixup/CutMix, autocast forward, soft-target cross entropy, backward, AdamW on
-the layer-decay groups; with `data.augment_on` device the clips are made on the device first, as
-the engine does); `measure_model` times it on synthetic clips (the model alone) and fed by the
-real loader (`video.TrainDataset` on real files, the configured workers and augmentation
-placement) through the engine's own pipelined loop (`time_fed`: `feed.Feeder` and
-`feed.LateLoss`), takes the fed step apart (`time_parts`), and times the forward pass
+`Trainer` runs the fine-tuning engine's own optimiser step (`components.OptimiserStep`:
+Mixup/CutMix, autocast forward, soft-target cross entropy, backward, AdamW on the layer-decay
+groups; with `data.augment_on` device the clips are made on the device first, compiled as
+`data.augment_compile` says, as the engine does); `measure_model` times it on synthetic clips
+(the model alone) and fed by the real loader (`video.TrainDataset` on real files, the
+configured workers and augmentation placement) in the engine's loop (`time_fed`: `feed.Feeder`
+and `feed.LateLoss` around the same step object), the compile of the augmentation
+(`time_augment_compile`), takes the fed step apart (`time_parts`), and times the forward pass
 (per-epoch validation), peak memory and MFU (`model_flops`, `peak_flops`);
 `measure_evaluation` times the evaluation stage's own loop (`evaluate.run_shard`: every view of
 a video, decoded once) per video; `compare_decoders` decodes a sample with both `data.decoder`
@@ -25,10 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from k400ft import augment, components, decoders, evaluate, feed, schedule, video
+from k400ft import augment, clipbatch, components, decoders, evaluate, feed, schedule, video
 from k400ft.models import build_model
 
 # Dense (no sparsity) bf16/fp16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
@@ -46,25 +47,12 @@ GPU_PEAK_TFLOPS = {
 }
 PREFETCH = 2  # batches each loader worker makes ahead (video.make_loader's prefetch_factor)
 ROUNDS = 3  # a fed rate is timed over at least this many batches of every worker
+LR = 1e-4  # the timed steps' learning rate (speed does not depend on it)
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops dispatched inside it (on a GPU each is a kernel launch or a copy)
-    and keeps their names and keyword arguments: `with OpCounter() as ops: ...`."""
-
-    def __init__(self):
-        super().__init__()
-        self.count, self.calls = 0, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        self.calls.append((func.overloadpacket.__name__, dict(kwargs or {})))
-        return func(*args, **(kwargs or {}))
 
 
 def model_flops(arch: dict, num_classes: int) -> tuple[float, float]:
@@ -112,9 +100,34 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
     )
 
 
+class ChannelsLast(nn.Module):
+    """The model fed channels_last_3d clips (a benchmark setting, `--channels-last`)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.net(clips.contiguous(memory_format=torch.channels_last_3d))
+
+
+class Ready:
+    """A feeder of one batch already on the device, every time (the model alone)."""
+
+    def __init__(self, clips: torch.Tensor, labels: torch.Tensor):
+        self.batch = clips, labels
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch
+
+    def fetch(self) -> None:
+        pass
+
+
 class Trainer:
-    """The fine-tuning engine's micro-step on one device, for timing (random weights: speed
-    does not depend on them)."""
+    """The fine-tuning engine's optimiser step (`components.OptimiserStep`, the very object
+    the engine runs) on one device, for timing (random weights: speed does not depend on
+    them), one micro-batch per step at a fixed lr."""
 
     def __init__(
         self,
@@ -127,18 +140,29 @@ class Trainer:
         self.arch, self.recipe, self.device = spec["arch"], spec["recipe"], device
         self.num_classes = spec["num_classes"]
         self.precision = schedule.resolve_precision(precision, device)
-        self.channels_last = channels_last
         self.net = build_model(self.arch, self.num_classes).to(device)
+        model = self.net
         if channels_last:
             self.net.patch_embed.to(memory_format=torch.channels_last_3d)
-        self.model = torch.compile(self.net) if compile_model else self.net
-        self.optimizer = components.make_optimizer(self.net, self.recipe, 1e-4, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.mixup = components.make_mixup(self.recipe, self.num_classes)
-        self.criterion = components.make_criterion(self.recipe, self.mixup)
-        placement = schedule.augment_placement(spec["data"].get("augment_on", "auto"), device)
-        self.augment_on = placement
-        self.augmenter = augment.ClipAugmenter(spec["data"]) if placement == "device" else None
+            model = ChannelsLast(self.net)
+        self.model = torch.compile(model) if compile_model else model
+        optimizer = components.make_optimizer(self.net, self.recipe, LR, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        mixup = components.make_mixup(self.recipe, self.num_classes)
+        criterion = components.make_criterion(self.recipe, mixup)
+        self.optimiser_step = components.OptimiserStep(
+            self.model, optimizer, scaler, mixup, criterion, device, self.precision
+        )
+        data = spec["data"]
+        self.augment_on = schedule.augment_placement(data.get("augment_on", "auto"), device)
+        self.augment_compiled = schedule.augment_compile(
+            data.get("augment_compile", "auto"), device
+        )
+        self.augmenter = (
+            augment.ClipAugmenter(data, compiled=self.augment_compiled)
+            if self.augment_on == "device"
+            else None
+        )
 
     def clips(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Synthetic clips and labels, made on the device: "model alone" copies nothing."""
@@ -148,30 +172,9 @@ class Trainer:
             torch.randint(0, self.num_classes, (count,), device=self.device),
         )
 
-    def autocast(self) -> torch.autocast:
-        return components.autocast(self.device, self.precision)
-
-    def forward_backward(self, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mixup/CutMix, autocast forward, loss, backward; returns the loss (on the device)."""
-        clips, targets = (
-            components.mix_clips(self.mixup, clips, labels) if self.mixup else (clips, labels)
-        )
-        if self.channels_last:
-            clips = clips.contiguous(memory_format=torch.channels_last_3d)
-        with self.autocast():
-            loss = self.criterion(self.model(clips), targets)
-        self.scaler.scale(loss).backward()
-        return loss.detach()
-
-    def optimiser_step(self) -> None:
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-
     def step(self, clips: torch.Tensor, labels: torch.Tensor) -> None:
-        """One step on clips already on the device."""
-        self.forward_backward(clips, labels)
-        self.optimiser_step()
+        """One engine step on clips already on the device."""
+        self.optimiser_step(Ready(clips, labels), LR)
 
     def prepare(self, batch: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """A loader batch -> (clips, labels) on the device, as the engine makes them."""
@@ -179,7 +182,7 @@ class Trainer:
 
     @torch.no_grad()
     def forward(self, clips: torch.Tensor) -> None:
-        with self.autocast():
+        with components.autocast(self.device, self.precision):
             self.model(clips)
 
 
@@ -202,9 +205,11 @@ def time_steps(
 
 
 def time_fed(trainer: Trainer, batches: Iterator, warmup: int, steps: int) -> dict:
-    """The engine's fed loop (`feed.Feeder`: the next batch made on the device while this step
-    runs; the loss read one step late), timed over `steps` steps after `warmup`: seconds per
-    step and the share of it spent waiting for the loader."""
+    """The engine's fed loop: its optimiser step (`Trainer.optimiser_step`, the engine's own)
+    taking batches from `feed.Feeder` (the next batch made on the device while this step
+    runs), each step's loss read back one step late (`feed.LateLoss`), in the order
+    `Finetune.train_one_epoch` runs them; timed over `steps` steps after `warmup`: seconds
+    per step and the share of it spent waiting for the loader."""
     device = trainer.device
     feeder = feed.Feeder(batches, trainer.prepare, device, warmup + steps)
     pending, start = None, time.perf_counter()
@@ -213,17 +218,33 @@ def time_fed(trainer: Trainer, batches: Iterator, warmup: int, steps: int) -> di
             synchronize(device)
             start = time.perf_counter()
             feeder.pop_wait()
-        loss = trainer.forward_backward(*feeder.take())
-        feeder.fetch()
-        trainer.optimiser_step()
-        late = feed.LateLoss(loss, f"step {index}")
+        loss = trainer.optimiser_step(feeder, LR)
         if pending is not None:
             pending.value()
-        pending = late
+        pending = feed.LateLoss(loss, f"step {index}")
     pending.value()
     synchronize(device)
     elapsed = time.perf_counter() - start
     return {"step_s": elapsed / steps, "data_wait": feeder.pop_wait() / elapsed}
+
+
+def time_augment_compile(trainer: Trainer, batch: tuple) -> dict:
+    """With the compiled augmentation: the graphs one batch compiles in this process and the
+    seconds it takes beyond a second call (what a fine-tune pays once, in its first steps)."""
+    if trainer.augmenter is None or not trainer.augment_compiled:
+        return {}
+    before = clipbatch.compile_stats()
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        trainer.prepare(batch)
+        synchronize(trainer.device)
+        seconds.append(time.perf_counter() - start)
+    after = clipbatch.compile_stats()
+    return {
+        "augment_graphs": after["graphs"] - before["graphs"],
+        "augment_compile_s": max(seconds[0] - seconds[1], 0.0),
+    }
 
 
 def time_parts(trainer: Trainer, batches: Iterator, steps: int) -> dict[str, float]:
@@ -331,6 +352,7 @@ def measure_model(
         "compile": compile_model,
         "channels_last_3d": channels_last,
         "augment_on": trainer.augment_on,
+        "augment_compile": trainer.augment_compiled,
         "batch_videos": batch,
         "clips_per_step": clips_per_step,
         "train_gflops_per_clip": train_flops / 1e9,
@@ -356,6 +378,7 @@ def measure_model(
             alone = time_steps(lambda *b: None, batches, burst, window, device)
             result["workers"] = workers
             result["loader_clips_per_s"] = clips_per_step / alone["mean_s"]
+            result.update(time_augment_compile(trainer, next(batches)))
             fed = time_fed(trainer, batches, burst, window)
             parts = time_parts(trainer, batches, steps)
         finally:

@@ -138,7 +138,7 @@ def view_subsets(num_segments: int, num_crops: int) -> dict[str, tuple[list[int]
     }
 
 
-def subset_accuracy(
+def subset_scores(
     logits: np.ndarray,
     video: np.ndarray,
     segment: np.ndarray,
@@ -146,12 +146,9 @@ def subset_accuracy(
     label: np.ndarray,
     segments: list[int],
     crops: list[int],
-    ks: tuple[int, ...] = (1, 5),
-) -> dict[str, float]:
-    """Top-k accuracy (percent) using only the views whose segment and crop are listed."""
+) -> VideoScores:
+    """`aggregate` of only the views whose segment and crop are listed."""
     mask = np.isin(segment, segments) & np.isin(crop, crops)
     if not mask.any():
         raise ValueError(f"no views with segment in {segments} and crop in {crops}")
-    return accuracy(
-        aggregate(logits[mask], video[mask], segment[mask], crop[mask], label[mask]), ks
-    )
+    return aggregate(logits[mask], video[mask], segment[mask], crop[mask], label[mask])

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from k400ft import distributed, measure, schedule, video
+from k400ft import dataplan, distributed, measure, schedule, video
 from k400ft.io import atomic_write
 
 DATA_BOUND = 0.10  # a fed step waiting for data more than this share of its time is data-bound
 MEMORY_HEADROOM = 0.85  # batch growth is suggested up to this share of the GPU's memory
 COMPILE_GAIN = 1.05  # recipe.compile is advised when the compiled model is this much faster
+AUGMENT_SHARE = 0.2  # data.augment_compile is advised when eager augmentation takes this x model
 
 
 def project_run(
@@ -45,12 +46,14 @@ def project_run(
     when measured, else the model alone; per-epoch validation at the forward rate; plus the
     fixed start: the process's imports and model build, the train and validation loaders'
     start) and of the evaluation (at the measured videos/s per GPU), on `gpus` (`eval_gpus`)
-    processes."""
+    processes. The fixed start includes compiling the augmentation's kernels, once per
+    process (`augment_compile_s`)."""
     batch = figures["batch_videos"]
     fixed_s = (
         figures.get("import_s", 0.0)
         + figures.get("build_s", 0.0)
         + 2 * figures.get("loader_start_s", 0.0)
+        + figures.get("augment_compile_s", 0.0)
     )
     accumulation = schedule.accumulation_steps(global_batch, batch, gpus)
     micro = figures.get("fed_step_s", figures["step_s"])
@@ -132,6 +135,14 @@ def recommendations(
                     "turn on data.transcode: a short-keyframe copy makes each clip's decode "
                     "cheaper (README: short-keyframe copies)"
                 )
+    parts = figures.get("fed_parts")
+    if parts and figures.get("augment_on") == "device" and not figures.get("augment_compile"):
+        if parts["augment_ms"] > AUGMENT_SHARE * parts["model_ms"]:
+            advice.append(
+                f"set data.augment_compile: on: the augmentation on the device takes "
+                f"{parts['augment_ms']:.1f} ms per step beside the model's "
+                f"{parts['model_ms']:.1f} (fused kernels move about 20x fewer bytes)"
+            )
     compiled, eager = figures.get("compiled_clips_per_s"), figures["clips_per_s"]
     if compiled and not figures.get("compile") and compiled > COMPILE_GAIN * eager:
         advice.append(
@@ -282,6 +293,16 @@ def render_markdown(plan: dict) -> str:
                 f"{100 * f['fed_clips_per_s'] / f['clips_per_s']:.0f}% | "
                 + (f"{compiled:.1f} |" if compiled else "- |")
             )
+        for name, f in parted.items():
+            if f["augment_on"] != "device":
+                continue
+            how = (
+                f"compiled kernels: {f['augment_graphs']} graphs, {f['augment_compile_s']:.0f} s "
+                "of compiling per process, paid once in its first steps (in the fixed start)"
+                if f.get("augment_compile")
+                else "eager ops (data.augment_compile off)"
+            )
+            lines.append(f"\n{name}: the augmentation on the device runs {how}.")
     compared = plan.get("decoders")
     if compared:
         lines += [
@@ -303,6 +324,8 @@ def render_markdown(plan: dict) -> str:
     for advice in plan.get("decoder_advice", []):
         lines.append(f"- decoder: {advice}")
     lines.append("")
+    if plan.get("data"):  # Kinetics-400 from its archive: rules/fetch.smk's plan_data
+        lines += dataplan.render_lines(plan["data"])
     return "\n".join(lines)
 
 
@@ -319,9 +342,16 @@ def _hours(hours: float) -> str:
 
 
 def plan(
-    spec: dict, device: str, train_csv: str, test_csv: str, threads: int, out_dir: str
+    spec: dict,
+    device: str,
+    train_csv: str,
+    test_csv: str,
+    threads: int,
+    out_dir: str,
+    data_plan: dict | None = None,
 ) -> dict:
-    """Measure every model of `spec` on a sample of the splits and write cost.json / cost.md.
+    """Measure every model of `spec` on a sample of the splits and write cost.json / cost.md
+    (with the data preparation's figures `data_plan`, when the data came from the archive).
 
     spec: {models: {name: {arch, finetune: {global_batch, batch_per_gpu}}}, recipe, data,
     evaluate, num_classes, launch: {finetune, evaluate}, plan: {videos, test_videos, steps,
@@ -422,6 +452,8 @@ def plan(
             }
         record["decoders"] = measure.compare_decoders(train_sample, test_sample, spec["data"])
     record["decoder_advice"] = decoder_advice(record["decoders"], record["launch"]["decoder"])
+    if data_plan:
+        record["data"] = data_plan
     out = Path(out_dir)
     with atomic_write(out / "cost.json", "w") as handle:
         json.dump(record, handle, indent=2)

@@ -53,7 +53,7 @@ def apply_lut(frames: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def _histograms(frames: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
-    """[..., 3, 256] int64 pixel counts per frame and channel (within each clip's size)."""
+    """[..., 3, 256] int32 pixel counts per frame and channel (within each clip's size)."""
     height, width = frames.shape[-2:]
     planes = frames.numel() // (height * width)
     offsets = torch.arange(planes, device=frames.device).unsqueeze(1) * 256
@@ -62,8 +62,9 @@ def _histograms(frames: torch.Tensor, sizes: torch.Tensor | None = None) -> torc
         valid = _valid(frames, sizes).expand(frames.shape).reshape(planes, height * width)
         index = torch.where(valid, index, planes * 256)
     index = index.reshape(-1)  # counted by a scatter: CUDA's bincount reads its max on the host
-    counts = torch.zeros(planes * 256 + 1, dtype=torch.int64, device=frames.device)
-    counts.scatter_add_(0, index, torch.ones_like(index))
+    # int32: compiled, an int32 scatter-add is one kernel; an int64 one falls back to aten
+    counts = torch.zeros(planes * 256 + 1, dtype=torch.int32, device=frames.device)
+    counts.scatter_add_(0, index, torch.ones_like(index, dtype=torch.int32))
     return counts[: planes * 256].view(*frames.shape[:-2], 256)
 
 

@@ -1,23 +1,31 @@
 """The results table, plots and provenance from the evaluation and fine-tuning outputs.
 
-Inputs are found by folder: results/evaluate/<row>/{metrics.json, logits.npz} and
-results/finetune/<model>/train_log.jsonl, so each path maps to its table row by its parent
-folder's name. Everything is recomputed from saved files (no model, no torch): the views
+Inputs are found by folder: results/evaluate/<run>/{metrics.json, logits.npz} and
+results/finetune/<run>/train_log.jsonl, so each path maps to its run by its parent folder's
+name; the spec maps each run to its table row (a model, one run per fine-tuning seed, or
+released weights). Everything is recomputed from saved files (no model, no torch): the views
 ablation (1x1, 1xC, Sx1, SxC) and per-class accuracy come from the per-view logits.
 
-Outputs (atomic): table.md (main table, views ablation, and the seed's KINETICS400.md table
-filled in), table.csv, table.tex, table.html (shown inline by `snakemake --report`),
-training_curves, accuracy_vs_views and per_class as PNG + PDF, provenance.json.
+How sure each number is (`k400ft.stats`): a 95% bootstrap interval over test videos for
+Top-1/Top-5 of every row and view subset (pooled over seeds: each video's correctness averaged
+over the row's runs), mean ± sd over seeds, whether a published value lies inside the
+interval, and each pair of fine-tuned models compared on the same videos (paired difference
+with its interval, McNemar's exact test per seed, one sentence).
+
+Outputs (atomic): table.md (main table, the comparisons, views ablation, and the seed's
+KINETICS400.md table filled in), table.csv (one row per run, plus one over the seeds of a row
+that has several), table.tex, table.html (shown inline by `snakemake --report`),
+training_curves, accuracy_vs_views (with interval bars) and per_class as PNG + PDF,
+provenance.json.
 """
 
 from __future__ import annotations
 
 import datetime
-import html
-import io
 import json
 import logging
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -25,27 +33,44 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from k400ft import metrics, provenance
+from k400ft import metrics, provenance, stats, tables
 from k400ft.io import atomic_write
+from k400ft.tables import MISSING, subset_names
 
 log = logging.getLogger("k400ft.report")
 
-MISSING = "-"  # how the seed's table shows a number that does not exist
+TOPK = ("top1", "top5")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One evaluated run: a fine-tune with one seed, or released weights (seed None)."""
+
+    key: str
+    seed: int | None
+    metrics: dict  # metrics.json
+    logits: dict[str, np.ndarray]  # logits.npz
+    correct: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]  # subset -> (videos, {top1, top5})
 
 
 @dataclass(frozen=True)
 class RowResult:
-    """Everything the report knows about one evaluated model."""
+    """A row of the table: a model and its runs (one per seed), or released weights."""
 
     key: str
-    spec: dict  # {name, pretrain_epochs, published {top1, top5}, finetuned}
-    metrics: dict  # metrics.json
-    logits: dict[str, np.ndarray]  # logits.npz
-    ablation: dict[str, dict[str, float]]  # view subset -> {top1, top5}
+    spec: dict  # {name, pretrain_epochs, published {top1, top5}, finetuned, runs {run: seed}}
+    runs: list[RunResult]
+
+    def values(self, subset: str, k: str) -> tuple[np.ndarray, np.ndarray]:
+        """(videos, percent right per video, averaged over the runs) on view subset `subset`."""
+        videos, values = stats.pooled(
+            [(r.correct[subset][0], r.correct[subset][1][k]) for r in self.runs]
+        )
+        return videos, 100.0 * values
 
 
 def by_row(paths: list[str], rows: list[str], what: str, required: bool = True) -> dict[str, Path]:
-    """Map each path to its row by its parent folder name (<stage>/<row>/<file>).
+    """Map each path to its row (or run) by its parent folder name (<stage>/<row>/<file>).
 
     Raises ValueError naming the path when a folder is no row, two paths share a row, or
     (required) a row has no path."""
@@ -74,242 +99,194 @@ def load_logits(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def views_ablation(
+def views_correct(
     logits: dict[str, np.ndarray], num_segments: int, num_crops: int
-) -> dict[str, dict[str, float]]:
-    """Top-1/Top-5 for each view subset of metrics.view_subsets, from saved per-view logits."""
+) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """For each view subset of metrics.view_subsets: (videos, {top1, top5: right or not per
+    video}), from saved per-view logits."""
     keys = ("logits", "video", "segment", "crop", "label")
-    return {
-        name: metrics.subset_accuracy(*(logits[key] for key in keys), segments, crops)
-        for name, (segments, crops) in metrics.view_subsets(num_segments, num_crops).items()
-    }
+    found = {}
+    for name, (segments, crops) in metrics.view_subsets(num_segments, num_crops).items():
+        scores = metrics.subset_scores(*(logits[key] for key in keys), segments, crops)
+        right = {f"top{k}": metrics.topk_correct(scores.probs, scores.label, k) for k in (1, 5)}
+        found[name] = (scores.video, right)
+    return found
+
+
+def run_spec(spec: dict) -> dict[str, tuple[str, int | None]]:
+    """Every evaluated run -> (its table row, its seed), in the spec's order."""
+    return {run: (row, seed) for row, r in spec["rows"].items() for run, seed in r["runs"].items()}
 
 
 def load_rows(spec: dict, metrics_paths: list[str], logits_paths: list[str]) -> list[RowResult]:
-    """Read every row's metrics and logits, in the spec's row order."""
-    rows = list(spec["rows"])
-    metrics_by_row = by_row(metrics_paths, rows, "--metrics")
-    logits_by_row = by_row(logits_paths, rows, "--logits")
+    """Read every run's metrics and logits, grouped into the spec's rows, in its order."""
+    runs = run_spec(spec)
+    metrics_by_run = by_row(metrics_paths, list(runs), "--metrics")
+    logits_by_run = by_row(logits_paths, list(runs), "--logits")
     wanted = {
         "num_frames": spec["num_frames"],
         "num_segments": spec["evaluate"]["num_segments"],
         "num_crops": spec["evaluate"]["num_crops"],
     }
-    results = []
-    for row in rows:
-        with open(metrics_by_row[row]) as handle:
-            row_metrics = json.load(handle)
-        if stale := {k: row_metrics.get(k) for k, v in wanted.items() if row_metrics.get(k) != v}:
+    found: dict[str, list[RunResult]] = {row: [] for row in spec["rows"]}
+    for run, (row, seed) in runs.items():
+        with open(metrics_by_run[run]) as handle:
+            run_metrics = json.load(handle)
+        if stale := {k: run_metrics.get(k) for k, v in wanted.items() if run_metrics.get(k) != v}:
             raise ValueError(
-                f"{metrics_by_row[row]}: evaluated with {stale}, the config asks for "
+                f"{metrics_by_run[run]}: evaluated with {stale}, the config asks for "
                 f"{wanted}: re-run the evaluation"
             )
-        logits = load_logits(logits_by_row[row])
-        ablation = views_ablation(logits, row_metrics["num_segments"], row_metrics["num_crops"])
-        results.append(RowResult(row, spec["rows"][row], row_metrics, logits, ablation))
-    return results
+        logits = load_logits(logits_by_run[run])
+        correct = views_correct(logits, run_metrics["num_segments"], run_metrics["num_crops"])
+        found[row].append(RunResult(run, seed, run_metrics, logits, correct))
+    return [RowResult(row, spec["rows"][row], found[row]) for row in spec["rows"]]
 
 
 def _delta(value: float | None, published: float | None) -> float | None:
     return None if value is None or published is None else value - published
 
 
-def results_table(rows: list[RowResult]) -> pd.DataFrame:
-    """One row per model: the numbers of every table format (unrounded)."""
+def numbers(group: RowResult, subsets: list[str], full: str) -> dict:
+    """The accuracies of `group`'s runs: per metric the mean over them, the sd (None for one
+    run) and the 95% interval (pooled over the runs) of the full views; per view subset the
+    mean and, for the subsets listed, the interval."""
+    record = {}
+    for k in TOPK:
+        record[k], record[f"{k}_sd"] = stats.mean_sd([r.metrics[k] for r in group.runs])
+        record[f"{k}_low"], record[f"{k}_high"] = stats.interval(group.values(full, k)[1])
+    for subset in group.runs[0].correct:
+        for k in TOPK:
+            name = f"{k}_{subset}"
+            record[name] = float(
+                np.mean([100 * r.correct[subset][1][k].mean() for r in group.runs])
+            )
+            if subset == full:
+                record[f"{name}_low"], record[f"{name}_high"] = (
+                    record[f"{k}_low"],
+                    record[f"{k}_high"],
+                )
+            elif subset in subsets:
+                record[f"{name}_low"], record[f"{name}_high"] = stats.interval(
+                    group.values(subset, k)[1]
+                )
+    return record
+
+
+def table_records(row: RowResult, full: str) -> list[dict]:
+    """The CSV records of a row: one per run, then (several seeds) one over the seeds: the
+    last record is the row of the main table and carries the interval of every view subset
+    (a run's own record beside it: of the full views only)."""
+    published = row.spec.get("published") or {}
+    base = {
+        "key": row.key,
+        "model": row.spec["name"],
+        "pretrain_epochs": row.spec["pretrain_epochs"],
+        "finetuned": "ours" if row.spec["finetuned"] else "released",
+        "views": "{num_frames}x{num_segments}x{num_crops}".format(**row.runs[0].metrics),
+    }
+    subsets = list(row.runs[0].correct)
     records = []
-    for row in rows:
-        published = row.spec.get("published") or {}
-        m = row.metrics
-        record = {
-            "key": row.key,
-            "model": row.spec["name"],
-            "pretrain_epochs": row.spec["pretrain_epochs"],
-            "finetuned": "ours" if row.spec["finetuned"] else "released",
-            "views": f"{m['num_frames']}x{m['num_segments']}x{m['num_crops']}",
-            "top1": m["top1"],
-            "top5": m["top5"],
-            "videos": m["videos"],
-            "excluded": len(m["excluded"]),
-            "published_top1": published.get("top1"),
-            "published_top5": published.get("top5"),
-            "delta_top1": _delta(m["top1"], published.get("top1")),
-            "delta_top5": _delta(m["top5"], published.get("top5")),
-        }
-        for name, acc in row.ablation.items():
-            record[f"top1_{name}"] = acc["top1"]
-            record[f"top5_{name}"] = acc["top5"]
-        records.append(record)
-    return pd.DataFrame.from_records(records)
+    for run in row.runs:
+        alone = RowResult(row.key, row.spec, [run])
+        records.append(
+            {
+                **base,
+                "run": run.key,
+                "seed": "" if run.seed is None else str(run.seed),
+                "seeds": 1,
+                "videos": len(run.correct[full][0]),
+                "excluded": len(run.metrics["excluded"]),
+                **numbers(alone, subsets if len(row.runs) == 1 else [], full),
+            }
+        )
+    if len(row.runs) > 1:
+        excluded = {e["path"] for r in row.runs for e in r.metrics["excluded"]}
+        records.append(
+            {
+                **base,
+                "run": "",
+                "seed": "all",
+                "seeds": len(row.runs),
+                "videos": len(row.values(full, "top1")[0]),
+                "excluded": len(excluded),
+                **numbers(row, subsets, full),
+            }
+        )
+    last = records[-1]
+    for k in TOPK:
+        last[f"published_{k}"] = published.get(k)
+        last[f"delta_{k}"] = _delta(last[k], published.get(k))
+        last[f"published_{k}_inside"] = stats.is_inside(
+            published.get(k), last[f"{k}_low"], last[f"{k}_high"]
+        )
+    return records
 
 
-def fmt(value: float | None, signed: bool = False) -> str:
-    """One decimal like the published numbers; '-' where there is none (as in the seed)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return MISSING
-    return f"{value:+.1f}" if signed else f"{value:.1f}"
+def columns(subsets: list[str]) -> list[str]:
+    """The tables' columns, in order."""
+    names = ["key", "run", "seed", "model", "pretrain_epochs", "finetuned", "views"]
+    names += ["seeds", "videos", "excluded"]
+    names += [f"{k}{end}" for k in TOPK for end in ("", "_sd", "_low", "_high")]
+    names += [f"{what}_{k}" for k in TOPK for what in ("published", "delta")]
+    names += [f"published_{k}_inside" for k in TOPK]
+    return names + [f"{k}_{s}{end}" for s in subsets for k in TOPK for end in ("", "_low", "_high")]
 
 
-HEADERS = (
-    "Model",
-    "Pretrain epochs",
-    "Fine-tune",
-    "Frames x views",
-    "Top-1",
-    "Top-5",
-    "Videos",
-    "Excluded",
-    "Published Top-1",
-    "Published Top-5",
-    "Δ Top-1",
-    "Δ Top-5",
-)
-
-
-def display_rows(table: pd.DataFrame) -> list[list[str]]:
-    """The main table's cells as text, in HEADERS order."""
-    return [
-        [
-            r.model,
-            str(r.pretrain_epochs),
-            r.finetuned,
-            r.views,
-            fmt(r.top1),
-            fmt(r.top5),
-            str(r.videos),
-            str(r.excluded),
-            fmt(r.published_top1),
-            fmt(r.published_top5),
-            fmt(r.delta_top1, signed=True),
-            fmt(r.delta_top5, signed=True),
-        ]
-        for r in table.itertuples()
-    ]
-
-
-def ablation_rows(table: pd.DataFrame, subsets: list[str]) -> list[list[str]]:
-    """Views ablation cells 'Top-1 / Top-5' per subset."""
-    return [
-        [r["model"], *(f"{fmt(r[f'top1_{s}'])} / {fmt(r[f'top5_{s}'])}" for s in subsets)]
-        for _, r in table.iterrows()
-    ]
-
-
-def subset_names(table: pd.DataFrame) -> list[str]:
-    return [c.removeprefix("top1_") for c in table.columns if c.startswith("top1_")]
-
-
-def markdown_table(headers: list[str] | tuple[str, ...], cells: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
-
-
-def seed_table(table: pd.DataFrame) -> str:
-    """The seed's KINETICS400.md results table (models as columns), filled in."""
-    head = "".join(f'<th valign="bottom">{html.escape(m)}</th>\n' for m in table["model"])
-
-    def line(label: str, cells: list[str]) -> str:
-        body = "".join(f'<td align="center">{html.escape(c)}</td>\n' for c in cells)
-        return f'<tr><td align="left">{label}</td>\n{body}</tr>\n'
-
+def results_tables(rows: list[RowResult], full: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the main table: one row per table row; the CSV's: every run, and each row over its
+    seeds), the numbers unrounded."""
+    records = [table_records(row, full) for row in rows]
+    names = columns(list(rows[0].runs[0].correct))
     return (
-        '<table><tbody>\n<th valign="bottom"></th>\n'
-        + head
-        + line("pretrain epoch", [str(v) for v in table["pretrain_epochs"]])
-        + line("views", list(table["views"]))
-        + line("Top-1", [fmt(v) for v in table["top1"]])
-        + line("Top-5", [fmt(v) for v in table["top5"]])
-        + "</tbody></table>\n"
+        pd.DataFrame.from_records([r[-1] for r in records], columns=names),
+        pd.DataFrame.from_records([r for row in records for r in row], columns=names),
     )
 
 
-def render_markdown(table: pd.DataFrame) -> str:
-    subsets = subset_names(table)
-    return (
-        "# Kinetics-400 fine-tuning: Top-1 / Top-5 (%)\n\n"
-        "Softmax per view, mean over a video's views, Top-k over unique videos; "
-        "broken videos are excluded and counted.\n\n"
-        + markdown_table(HEADERS, display_rows(table))
-        + "\n## Accuracy by views (Top-1 / Top-5, from the saved per-view logits)\n\n"
-        "1x1 = middle segment, centre crop; 1xC = middle segment, every crop; "
-        "Sx1 = every segment, centre crop.\n\n"
-        + markdown_table(["Model", *subsets], ablation_rows(table, subsets))
-        + "\n## As in the seed's KINETICS400.md\n\n"
-        + seed_table(table)
-    )
-
-
-def latex_escape(text: str) -> str:
-    for char, escaped in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("$", r"\$"),
-        ("#", r"\#"),
-        ("_", r"\_"),
-        ("{", r"\{"),
-        ("}", r"\}"),
-    ):
-        text = text.replace(char, escaped)
-    return text
-
-
-def render_latex(table: pd.DataFrame) -> str:
-    """A booktabs tabular of the main table."""
-    headers = [latex_escape(h).replace("Δ", r"$\Delta$") for h in HEADERS]
-    lines = [
-        r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
-        r"\toprule",
-        " & ".join(headers) + r" \\",
-        r"\midrule",
-        *(" & ".join(map(latex_escape, row)) + r" \\" for row in display_rows(table)),
-        r"\bottomrule",
-        r"\end{tabular}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-HTML_STYLE = (
-    "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
-    "th,td{border:1px solid #bbb;padding:4px 8px;text-align:right}"
-    "td:first-child,th:first-child{text-align:left}th{background:#eee}"
-)
-
-
-def html_table(headers: list[str] | tuple[str, ...], cells: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>\n" for row in cells
-    )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-
-
-def render_html(table: pd.DataFrame) -> str:
-    """A self-contained page (inline style, no external resources: works offline)."""
-    subsets = subset_names(table)
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Kinetics-400 results</title>'
-        f"<style>{HTML_STYLE}</style></head><body>\n"
-        "<h3>Kinetics-400 fine-tuning: Top-1 / Top-5 (%)</h3>\n"
-        + html_table(HEADERS, display_rows(table))
-        + "<h3>Accuracy by views (Top-1 / Top-5)</h3>\n"
-        + html_table(["Model", *subsets], ablation_rows(table, subsets))
-        + "</body></html>\n"
-    )
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_write(path, "w") as handle:
-        handle.write(text)
-
-
-def write_tables(table: pd.DataFrame, out_dir: Path) -> None:
-    write_text(out_dir / "table.md", render_markdown(table))
-    write_text(out_dir / "table.tex", render_latex(table))
-    write_text(out_dir / "table.html", render_html(table))
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False, float_format="%.4f")
-    write_text(out_dir / "table.csv", buffer.getvalue())
+def compare(rows: list[RowResult], full: str) -> list[dict]:
+    """Each pair of fine-tuned rows on the videos both evaluated: per metric the paired
+    difference (first minus second, pooled over seeds) and its interval; on Top-1 McNemar's
+    exact test per seed the two share; the sentence that says what it means."""
+    found = []
+    for a, b in combinations([row for row in rows if row.spec["finetuned"]], 2):
+        seeds = [r.seed for r in a.runs if r.seed in {s.seed for s in b.runs}]
+        for k, metric in (("top1", "Top-1"), ("top5", "Top-5")):
+            videos, (a_values, b_values) = stats.on_common_videos(
+                [a.values(full, k), b.values(full, k)]
+            )
+            estimate, low, high = stats.paired_difference(a_values, b_values)
+            tests = []
+            for seed in seeds if k == "top1" else []:
+                a_run, b_run = (next(r for r in row.runs if r.seed == seed) for row in (a, b))
+                _, (a_right, b_right) = stats.on_common_videos(
+                    [(r.correct[full][0], r.correct[full][1][k]) for r in (a_run, b_run)]
+                )
+                tests.append({"seed": seed, **stats.mcnemar(a_right > 0, b_right > 0)})
+            sentence = stats.comparison_sentence(
+                a.spec["name"],
+                b.spec["name"],
+                metric,
+                estimate,
+                low,
+                high,
+                [t["p"] for t in tests],
+                seeds,
+            )
+            found.append(
+                {
+                    "a": a.key,
+                    "b": b.key,
+                    "metric": k,
+                    "videos": len(videos),
+                    "difference": estimate,
+                    "low": low,
+                    "high": high,
+                    "mcnemar": tests,
+                    "sentence": sentence,
+                }
+            )
+    return found
 
 
 # ---------------------------------------------------------------- plots
@@ -393,8 +370,9 @@ def plot_training_curves(
     save_figure(fig, out_dir, "training_curves")
 
 
-def plot_views(table: pd.DataFrame, out_dir: Path) -> None:
-    """Top-1 and Top-5 against the number of views (1x1, 1xC, Sx1, SxC)."""
+def plot_views(table: pd.DataFrame, out_dir: Path) -> Figure:
+    """Top-1 and Top-5 against the number of views (1x1, 1xC, Sx1, SxC): bars at the mean
+    over seeds, whiskers at the 95% interval (pooled over seeds). Returns the figure."""
     subsets = subset_names(table)
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -402,18 +380,25 @@ def plot_views(table: pd.DataFrame, out_dir: Path) -> None:
     x = np.arange(len(subsets))
     for i, (_, r) in enumerate(table.iterrows()):
         for ax, k in zip(axes, ("top1", "top5"), strict=True):
-            values = [r[f"{k}_{s}"] for s in subsets]
-            bars = ax.bar(x + (i - (len(table) - 1) / 2) * width, values, width, label=r["model"])
-            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            values = np.array([r[f"{k}_{s}"] for s in subsets])
+            low, high = ([r[f"{k}_{s}_{end}"] for s in subsets] for end in ("low", "high"))
+            errors = np.clip([values - low, high - values], 0, None)  # below, above
+            at = x + (i - (len(table) - 1) / 2) * width
+            bars = ax.bar(at, values, width, label=r["model"])
+            ax.errorbar(
+                at, values, yerr=errors, fmt="none", ecolor="black", elinewidth=0.8, capsize=2
+            )
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, label_type="center")
     for ax, title in zip(axes, ("Top-1 (%)", "Top-5 (%)"), strict=True):
         ax.set_xticks(
             x, [f"{s}\n({eval_views(s)} view{'s' * (eval_views(s) > 1)})" for s in subsets]
         )
-        ax.set_title(title, fontsize=10)
+        ax.set_title(f"{title}; whiskers: 95% interval", fontsize=10)
         ax.set_xlabel("segments x crops")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     save_figure(fig, out_dir, "accuracy_vs_views")
+    return fig
 
 
 def eval_views(subset: str) -> int:
@@ -440,10 +425,14 @@ def per_class(logits: dict[str, np.ndarray], num_classes: int) -> tuple[np.ndarr
     predicted = scores.probs.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (scores.label, predicted), 1)
+    return class_accuracy(confusion), confusion
+
+
+def class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """Per-class Top-1 in percent from confusion counts; NaN for a class without videos."""
     totals = confusion.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.where(totals > 0, 100.0 * np.diag(confusion) / totals, np.nan)
-    return accuracy, confusion
+        return np.where(totals > 0, 100.0 * np.diag(confusion) / totals, np.nan)
 
 
 def confused_pairs(confusion: np.ndarray, top: int) -> list[tuple[int, int, int]]:
@@ -457,12 +446,14 @@ def confused_pairs(confusion: np.ndarray, top: int) -> list[tuple[int, int, int]
 
 
 def plot_per_class(rows: list[RowResult], labels: list[str], out_dir: Path, top: int = 10) -> None:
-    """Per-class Top-1 sorted (one line per model) and each model's most-confused pairs."""
+    """Per-class Top-1 sorted (one line per model) and each model's most-confused pairs (the
+    confusions of a model's seeds summed)."""
     fig = Figure(figsize=(11, 3.5 + 2.6 * len(rows)), layout="constrained")
     grid = fig.add_gridspec(1 + len(rows), 1, height_ratios=[1.4] + [1] * len(rows))
     ax = fig.add_subplot(grid[0])
     for i, row in enumerate(rows):
-        accuracy, confusion = per_class(row.logits, len(labels))
+        confusion = sum(per_class(run.logits, len(labels))[1] for run in row.runs)
+        accuracy = class_accuracy(confusion)
         values = np.sort(accuracy[~np.isnan(accuracy)])[::-1]
         ax.plot(np.arange(1, len(values) + 1), values, color=f"C{i}", label=row.spec["name"])
         pairs = confused_pairs(confusion, top)
@@ -476,7 +467,7 @@ def plot_per_class(rows: list[RowResult], labels: list[str], out_dir: Path, top:
         sub.set_title(
             f"{row.spec['name']}: most confused (true → predicted), test videos", fontsize=10
         )
-        sub.set_xlabel("videos")
+        sub.set_xlabel("videos" if len(row.runs) == 1 else f"videos x {len(row.runs)} seeds")
         sub.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("per-class Top-1 (%), classes sorted by accuracy", fontsize=10)
     ax.set_xlabel("class rank")
@@ -531,33 +522,42 @@ def finetune_record(train_log: Path) -> dict | None:
 
 
 def provenance_record(
-    spec: dict, rows: list[RowResult], logs: dict, benchmarks: Path, plan: Path | None = None
+    spec: dict,
+    rows: list[RowResult],
+    logs: dict,
+    benchmarks: Path,
+    plan: Path | None = None,
+    comparisons: list[dict] | None = None,
 ) -> dict:
-    """Where every number of the table comes from, and what it cost (and, when the `plan`
-    stage has run, what it was planned to cost: its cost.json)."""
+    """Where every number of the table comes from (per evaluated run), what it cost (and,
+    when the `plan` stage has run, what it was planned to cost: its cost.json), and the
+    comparisons' numbers."""
     return {
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": provenance.git_state(),
         "report_spec_sha256": provenance.json_sha256(spec),
         "rows": {
-            row.key: {
+            run.key: {
                 "name": row.spec["name"],
-                "top1": row.metrics["top1"],
-                "top5": row.metrics["top5"],
-                "videos": row.metrics["videos"],
-                "excluded": len(row.metrics["excluded"]),
-                "weights": row.metrics.get("weights"),
-                "weights_format": row.metrics.get("weights_format"),
-                "weights_sha256": row.metrics.get("weights_sha256"),
-                "evaluate_spec_sha256": row.metrics.get("spec_sha256"),
-                "evaluate_wall_time_s": row.metrics.get("wall_time_s"),
-                "evaluate_environment": row.metrics.get("environment"),
-                "train_log": str(logs[row.key]) if row.key in logs else None,
-                "finetune": finetune_record(logs[row.key]) if row.key in logs else None,
+                "seed": run.seed,
+                "top1": run.metrics["top1"],
+                "top5": run.metrics["top5"],
+                "videos": run.metrics["videos"],
+                "excluded": len(run.metrics["excluded"]),
+                "weights": run.metrics.get("weights"),
+                "weights_format": run.metrics.get("weights_format"),
+                "weights_sha256": run.metrics.get("weights_sha256"),
+                "evaluate_spec_sha256": run.metrics.get("spec_sha256"),
+                "evaluate_wall_time_s": run.metrics.get("wall_time_s"),
+                "evaluate_environment": run.metrics.get("environment"),
+                "train_log": str(logs[run.key]) if run.key in logs else None,
+                "finetune": finetune_record(logs[run.key]) if run.key in logs else None,
             }
             for row in rows
+            for run in row.runs
         },
-        "report_environment": provenance.host(("numpy", "pandas", "matplotlib")),
+        "comparisons": comparisons or [],
+        "report_environment": provenance.host(("numpy", "pandas", "matplotlib", "scipy")),
         "stages": read_benchmarks(benchmarks),
         "cost_plan": json.loads(plan.read_text()) if plan is not None and plan.exists() else None,
     }
@@ -573,34 +573,56 @@ def make_report(
     out_dir: str,
     plan: str | None = None,
 ) -> pd.DataFrame:
-    """Write every report output into out_dir; returns the table. `plan`: the plan stage's
-    cost.json, included in provenance.json when it exists."""
+    """Write every report output into out_dir; returns the main table. `plan`: the plan
+    stage's cost.json, included in provenance.json when it exists."""
     out = Path(out_dir)
     rows = load_rows(spec, metrics_paths, logits_paths)
-    finetuned = [key for key, row in spec["rows"].items() if row["finetuned"]]
+    runs = run_spec(spec)
+    finetuned = [run for run, (row, _) in runs.items() if spec["rows"][row]["finetuned"]]
     log_paths = by_row(train_log_paths, finetuned, "--train-logs")
-    logs = {key: (spec["rows"][key]["name"], *read_train_log(log_paths[key])) for key in finetuned}
+    logs = {}
+    for run in finetuned:
+        row, seed = runs[run]
+        several = len(spec["rows"][row]["runs"]) > 1
+        name = spec["rows"][row]["name"] + (f" (seed {seed})" if several else "")
+        logs[run] = (name, *read_train_log(log_paths[run]))
     labels = read_labels(Path(labels_path))
     for row in rows:
-        if row.logits["logits"].shape[1] != len(labels):
-            raise ValueError(
-                f"row {row.key}: {row.logits['logits'].shape[1]} classes in logits, "
-                f"{len(labels)} in {labels_path}"
-            )
-    table = results_table(rows)
-    write_tables(table, out)
+        for run in row.runs:
+            if run.logits["logits"].shape[1] != len(labels):
+                raise ValueError(
+                    f"run {run.key}: {run.logits['logits'].shape[1]} classes in logits, "
+                    f"{len(labels)} in {labels_path}"
+                )
+    full = "{num_segments}x{num_crops}".format(**spec["evaluate"])
+    table, every_run = results_tables(rows, full)
+    comparisons = compare(rows, full)
+    seeds = {
+        row: ", ".join(MISSING if s is None else str(s) for s in r["runs"].values())
+        for row, r in spec["rows"].items()
+    }
+    tables.write_tables(table, every_run, seeds, comparisons, out)
     plot_training_curves(logs, out)
     plot_views(table, out)
     plot_per_class(rows, labels, out)
-    record = provenance_record(spec, rows, log_paths, Path(benchmarks), plan and Path(plan))
-    write_text(out / "provenance.json", json.dumps(record, indent=2) + "\n")
+    record = provenance_record(
+        spec, rows, log_paths, Path(benchmarks), plan and Path(plan), comparisons
+    )
+    tables.write_text(out / "provenance.json", json.dumps(record, indent=2) + "\n")
     for r in table.itertuples():
         log.info(
-            "%s: Top-1 %.2f  Top-5 %.2f  (%d videos, %s)",
+            "%s: Top-1 %.2f [%.2f, %.2f]  Top-5 %.2f [%.2f, %.2f]  (%d videos, %s, seeds %s)",
             r.model,
             r.top1,
+            r.top1_low,
+            r.top1_high,
             r.top5,
+            r.top5_low,
+            r.top5_high,
             r.videos,
             r.views,
+            seeds[r.key],
         )
+    for comparison in comparisons:
+        log.info("%s", comparison["sentence"])
     return table

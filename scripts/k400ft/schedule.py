@@ -90,6 +90,19 @@ def augment_placement(setting: str, device: torch.device) -> str:
     return setting
 
 
+def augment_compile(setting: str, device: torch.device) -> bool:
+    """Whether a batch augmented on the device runs compiled kernels (data.augment_compile,
+    `clipbatch`): 'auto' -> on a GPU, where the fused kernels move about 20x fewer bytes than
+    the eager ops (benchmarks/augment.py); not on the CPU, where they took as long per clip
+    and each process first spends a minute or more compiling them (benchmarks/RESULTS.md).
+    'on' / 'off' (YAML reads them unquoted as true / false: both are accepted)."""
+    if setting not in ("auto", "on", "off", True, False):
+        raise SpecError(f"data.augment_compile must be auto, on or off, got {setting!r}")
+    if setting == "auto":
+        return device.type == "cuda"
+    return setting in ("on", True)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on a GPU that supports it, else fp16; fp32 on CPU whatever was asked."""
     if device.type != "cuda":
@@ -123,6 +136,7 @@ class Plan:
     log_every: int
     device: str
     augment_on: str  # where train clips are augmented: workers | device
+    augment_compile: bool  # augment_on device: the compiled kernels (clipbatch)
     cpu_threads: int | None  # intra-op threads on the CPU device (None on CUDA)
 
     def lr_at(self, step: int) -> float:
@@ -179,6 +193,7 @@ def make_plan(
         log_every=max(1, steps_per_epoch // LOG_LINES_PER_EPOCH),
         device=device.type,
         augment_on=augment_placement(spec["data"].get("augment_on", "auto"), device),
+        augment_compile=augment_compile(spec["data"].get("augment_compile", "auto"), device),
         cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
     )
 

@@ -124,7 +124,7 @@ def _extension(name: str, extensions: list[str]) -> str | None:
     return ext.lower() if dot and stem and ext.lower() in extensions else None
 
 
-def _index_videos(folder: Path, extensions: list[str]) -> dict[str, list[str]]:
+def index_videos(folder: Path, extensions: list[str]) -> dict[str, list[str]]:
     """stem -> video files under `folder` (any depth), best first: extension order of the
     config, then shallower, then path."""
     found: dict[str, list[tuple[int, int, str]]] = {}
@@ -141,7 +141,7 @@ def _index_videos(folder: Path, extensions: list[str]) -> dict[str, list[str]]:
     return {stem: [path for *_, path in sorted(hits)] for stem, hits in found.items()}
 
 
-def _read_annotations(path: Path, key: str) -> list[tuple[int, str, str]]:
+def read_annotations(path: Path, key: str) -> list[tuple[int, str, str]]:
     """(line number, class name, file stem) of each row of an official annotation CSV."""
     if not path.is_file():
         raise SplitError(
@@ -185,9 +185,7 @@ def list_annotations(kinetics: dict[str, Any]) -> tuple[list[str], dict[str, lis
     extensions = [e.lower().lstrip(".") for e in _require(kinetics, "extensions")]
     annotations = _require(kinetics, "annotations")
     rows = {
-        split: _read_annotations(
-            _resolve(root, annotations[split]), f"kinetics.annotations.{split}"
-        )
+        split: read_annotations(_resolve(root, annotations[split]), f"kinetics.annotations.{split}")
         for split in SPLITS
     }
     classes = class_order(label for _, label, _ in rows["train"])
@@ -195,7 +193,7 @@ def list_annotations(kinetics: dict[str, Any]) -> tuple[list[str], dict[str, lis
     listed: dict[str, list[Listed]] = {}
     for split in SPLITS:
         folder = _folder(root, kinetics, split)
-        index = _index_videos(folder, extensions)
+        index = index_videos(folder, extensions)
         csv_path = _resolve(root, annotations[split])
         seen: dict[str, int] = {}
         entries = []

@@ -15,18 +15,18 @@ Upstream, as we reproduce it:
   box at the same place in every frame with fresh N(0, 1) noise per frame (upstream's
   `RandomErasing(cube=True)`).
 - validation (per epoch, one view): the same random temporal window as train, short side to
-  `short_side_size` (bilinear, long side truncated by int(), skipped when already there),
-  centre crop of `input_size` with offsets rounded by Python's round().
+  `short_side_size` (upstream's cv2.resize, long side truncated by int(), skipped when
+  already there), centre crop of `input_size` with offsets rounded by Python's round().
 - test: every `sampling_rate`-th frame of the whole video (repeated to `num_frames` if
-  fewer), short side to `short_side_size`, `num_segments` x `num_crops` views with
+  fewer), short side to `short_side_size` (as validation), `num_segments` x `num_crops` views with
   start int(k * (T - num_frames) / (S - 1)) and crop start int(c * (long - size) / (C - 1))
   along the long side (along H for a square frame).
 
 How we make it fast without changing a pixel: every video is opened once per item and its
 distinct frame indices are decoded once, in increasing order (one seek, then a forward decode);
 the test path decodes once and slices all views (upstream decodes the video once per view).
-The decoder (`data.decoder`: decord, as upstream, or PyAV: `decoders.py`) runs with one thread
-per DataLoader worker. The train clips are augmented by `augment.py`.
+The decoder (`data.decoder`: decord, as upstream, or PyAV: `decoders.py`) and OpenCV run with
+one thread per DataLoader worker. The train clips are augmented by `augment.py`.
 
 The slow, upstream-shaped references these paths are tested and benchmarked against (the PIL
 clip `ClipAugment`, one test view decoded on its own `naive_test_view`) are not library code:
@@ -46,9 +46,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from k400ft import augment
@@ -57,6 +57,7 @@ from k400ft.io import atomic_write, die_with_parent
 from k400ft.schedule import SpecError
 
 LOG = logging.getLogger("k400ft.video")
+cv2.setNumThreads(1)  # the resize, one thread per process: the workers are the parallelism
 
 _LABEL = re.compile(r"[0-9]+")
 
@@ -244,23 +245,20 @@ def test_crop_offsets(
 # --------------------------------------------------------------------------------------------
 # Decoding and pixel operations
 # --------------------------------------------------------------------------------------------
-def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """[T, 3, H, W] uint8 -> short side `size` (`resized_short_side`), bilinear, uint8.
-
-    Upstream resizes uint8 frames with cv2.INTER_LINEAR; torch's uint8 bilinear
-    (align_corners=False, no antialias) is the same half-pixel formula, rounded to uint8
-    (values can differ by one level from cv2's fixed-point arithmetic)."""
-    height, width = frames.shape[-2:]
-    new = resized_short_side(height, width, size)
-    if new == (height, width):
+def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
+    """[T, H, W, 3] uint8 -> [T, h, w, 3] uint8 of short side `size` (`resized_short_side`;
+    `frames` itself when already there): upstream's own call, `cv2.resize(frame, (w, h),
+    interpolation=cv2.INTER_LINEAR)` per frame, so upstream's bytes (OpenCV's fixed-point
+    bilinear, and its INTER_AREA shortcut for an exact 2x reduction; torch's bilinear was one
+    level off on about a fifth of the values, brighter on average)."""
+    height, width = frames.shape[1:3]
+    new_h, new_w = resized_short_side(height, width, size)
+    if (new_h, new_w) == (height, width):
         return frames
-    return F.interpolate(
-        frames.contiguous(memory_format=torch.channels_last),
-        size=new,
-        mode="bilinear",
-        align_corners=False,
-        antialias=False,
-    )
+    out = np.empty((len(frames), new_h, new_w, frames.shape[3]), dtype=np.uint8)
+    for frame, resized in zip(frames, out, strict=True):
+        cv2.resize(frame, (new_w, new_h), dst=resized, interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def _scale_shift(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,13 +270,14 @@ def normalize(
     frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """[T, 3, H, W] (uint8, or float on the 0..255 scale) -> [3, T, H, W] float32 (into `out`
-    if given): x * 1 / (255 std) - mean / std in one pass, which is upstream's ToTensor +
-    Normalize, (x / 255 - mean) / std, up to float rounding (< 1e-6)."""
+    if given): x * 1 / (255 std) - mean / std, which is upstream's ToTensor + Normalize,
+    (x / 255 - mean) / std, up to float rounding (< 1e-6); product and sum each rounded, as
+    `clipbatch.normalise` does."""
     scale, shift = _scale_shift(mean, std)
     source = frames.transpose(0, 1)
     if out is None:
         out = torch.empty(source.shape, dtype=torch.float32)
-    return torch.addcmul(shift, source, scale, out=out)
+    return torch.mul(source, scale, out=out).add_(shift)
 
 
 def normalize_views(
@@ -291,7 +290,7 @@ def normalize_views(
         torch.as_tensor(mean, dtype=torch.float32, device=views.device),
         torch.as_tensor(std, dtype=torch.float32, device=views.device),
     )
-    return torch.addcmul(shift, views, scale)
+    return views * scale + shift
 
 
 @contextlib.contextmanager
@@ -407,7 +406,7 @@ class TrainDataset(_SplitVideos):
 
     def validation_clip(self, frames: np.ndarray) -> torch.Tensor:
         """Short side -> short_side_size, centre crop input_size, normalise: [3, T, S, S]."""
-        x = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), self.short_side_size)
+        x = torch.from_numpy(resize_short_side(frames, self.short_side_size)).permute(0, 3, 1, 2)
         top, left = center_crop_offset(x.shape[-2], x.shape[-1], self.input_size)
         x = x[:, :, top : top + self.input_size, left : left + self.input_size]
         return normalize(x, self.mean, self.std)
@@ -490,8 +489,8 @@ class TestDataset(_SplitVideos):
     def views(self, frames: np.ndarray) -> torch.Tensor:
         """All views of the taken frames [S*C, 3, T, s, s]: resize once (uint8), then each
         view sliced and normalised (or copied, uint8) straight into the output."""
-        x = resize_short_side(torch.from_numpy(frames).permute(0, 3, 1, 2), self.short_side_size)
-        x = x.contiguous()  # [T, 3, H, W]: views are then runs of contiguous rows
+        x = torch.from_numpy(resize_short_side(frames, self.short_side_size))
+        x = x.permute(0, 3, 1, 2).contiguous()  # [T, 3, H, W]: views are runs of contiguous rows
         size, length = self.short_side_size, self.num_frames
         starts = test_view_starts(x.shape[0], length, self.num_segments)
         boxes = test_crop_offsets(x.shape[2], x.shape[3], size, self.num_crops)
@@ -570,14 +569,12 @@ def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor, int]]):
 
 
 def train_collate_frames(batch: list[tuple]):
-    """Items of a TrainDataset(apply_augment=False) -> (frames [B, T, H, W, 3] uint8 padded to
-    the batch's largest frame, sizes [B, 2] (each video's h, w), params [each video's list of
-    ClipParams], labels [B*num_sample], index [B*num_sample]), for
-    `augment.ClipAugmenter.batch` on the training device: the padding is done here, in the
-    workers, so the batch crosses to the device in one copy."""
+    """TrainDataset(apply_augment=False) items -> (frames per orientation group, padded to its
+    largest (`augment.group_frames`), sizes [B, 2], params [each video's ClipParams], labels
+    and index [B*num_sample]), for `augment.ClipAugmenter.batch` on the training device."""
     frames, params, labels, index = zip(*batch, strict=False)
     counts = torch.tensor([len(p) for p in params])
-    frames, sizes = augment.pad_frames(frames)
+    frames, sizes = augment.group_frames(frames)
     return (
         frames,
         sizes,
