@@ -1,13 +1,16 @@
-# Config validation and every input/param function the rules use.
+# Every input/param function the rules use (the config itself: rules/config.smk).
 import json
 import os
 import shlex
 import subprocess
 from pathlib import Path
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
+from snakemake.io import is_flagged
 
-validate(config, "../schemas/config.schema.yaml")
+
+include: "config.smk"
+
 
 RESULTS = config["results"]
 MODELS = list(config["models"])
@@ -34,6 +37,14 @@ def as_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+# the launcher script, relative to the working directory (params stay the same in any checkout)
+TORCHRUN = os.path.relpath(
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent
+    / "scripts"
+    / "torchrun.py"
+)
+
+
 def launcher(stage):
     """The torchrun command for a GPU stage (config `launch.<stage>`), exec'd by the rule's shell.
 
@@ -49,7 +60,10 @@ def launcher(stage):
     nodes = spec["nodes"]
     # torchrun forwards these to the trainers (by default not SIGUSR1, which would kill
     # torchrun and orphan a trainer that trains on unseen): they save `last` and exit 75.
-    torchrun = "torchrun --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+    # scripts/torchrun.py is torchrun in-process whose failed run ends with one summary line.
+    torchrun = (
+        f"python {TORCHRUN} --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+    )
     if nodes == 1:
         return f"exec {torchrun} --standalone --nnodes=1 --nproc-per-node={nproc}"
     return (
@@ -84,6 +98,15 @@ def launch_threads(stage):
     return procs * (config["data"]["num_workers"] + 1)
 
 
+def cpu_threads(stage):
+    """On the CPU device, the stage's intra-op thread count (`launch.<stage>.cpu_threads`), a
+    part of its spec: float results depend on it, and the job's OMP_NUM_THREADS (Snakemake:
+    the job's threads) must not decide them. Nothing on CUDA, where it changes nothing.
+    """
+    spec = config["launch"][stage]
+    return {"cpu_threads": spec["cpu_threads"]} if spec["device"] == "cpu" else {}
+
+
 def launch_resources(stage):
     """What a torchrun stage asks the scheduler for (snakemake-executor-plugin-slurm 2.x).
 
@@ -109,13 +132,73 @@ def row_spec(row):
     return config["models"].get(row) or config["released"][row]
 
 
-def all_outputs():
-    return [
-        *rules.report.output,
+ON_DEMAND = ("all", "plan")  # rules `all` does not ask for: run by naming them
+
+
+def target_jobs():
+    """The wildcards of every job of a rule with wildcards that `all` asks for (what the
+    config names; a rule without wildcards is one job). Two rules may give one wildcard
+    different values (shard), and one wildcard's values may follow another's (a split's
+    parts), so each rule says its own."""
+    used = [spec["pretrained"] for spec in config["models"].values()]
+    used += [spec["checkpoint"] for spec in config["released"].values()]
+    parts = [
+        {"split": split, "index": name.split("_")[1]}
+        for split in [*PART_SPLITS, "replacement"]
+        for name in part_names(split)
     ]
+    return {
+        "checkpoint": [{"ckpt": ckpt} for ckpt in dict.fromkeys(used)],
+        "demo_checkpoint": [{"ckpt": ckpt} for ckpt in demo_checkpoints()],
+        "kinetics_list": [{"split": split} for split in PART_SPLITS],
+        "kinetics_fetch": parts,
+        "kinetics_extract": parts,
+        "kinetics_verify": [{"split": split} for split in PART_SPLITS],
+        "kinetics_resize": [{"shard": n} for n in range(KINETICS["resize"]["shards"])],
+        "transcode": [
+            {"shard": n} for n in range(config["data"]["transcode"]["shards"])
+        ],
+        "finetune": [{"run": run} for run in RUNS],
+        "evaluate": [{"row": row} for row in ROWS],
+    }
+
+
+def all_outputs():
+    """Every declared output of every rule but ON_DEMAND's, for every job of it the config
+    names (`target_jobs`), temp() outputs aside (deleted once used, as the archive's parts):
+    `all` asks for each, so a missing one is remade and everything after it follows.
+    Snakemake alone skips a missing intermediate file when the files after it exist
+    (snakemake#1978): a `--forcerun evaluate` killed after Snakemake had removed the
+    evaluation's outputs left the old table in place, without a word. A new rule without
+    wildcards joins by itself; one with wildcards needs its jobs in target_jobs."""
+    jobs, targets = target_jobs(), []
+    for stage in workflow.rules:
+        if stage.name in ON_DEMAND:
+            continue
+        if stage.wildcard_names and stage.name not in jobs:
+            raise WorkflowError(
+                f"{stage.name} has wildcards ({', '.join(sorted(stage.wildcard_names))}): "
+                "say which of its jobs `all` asks for in target_jobs() in rules/common.smk"
+            )
+        for wildcards in jobs.get(stage.name, [{}]):
+            targets += [
+                path.apply_wildcards(wildcards)
+                for path in stage.output
+                if not is_flagged(path, "temp")
+            ]
+    return targets
 
 
 # demo stage
+def demo_checkpoints():
+    """The checkpoints the demo makes: those whose `path` is where rule demo_checkpoint writes."""
+    return [
+        ckpt
+        for ckpt, spec in config["checkpoints"].items()
+        if spec.get("path") == f"{RESULTS}/pretrained/{ckpt}.pth"
+    ]
+
+
 def demo_pretrained(ckpt):
     """Format, arch and pretext pretraining of the model that demo checkpoint `ckpt` pretrains."""
     model = next(m for m in config["models"].values() if m["pretrained"] == ckpt)
@@ -314,6 +397,7 @@ def finetune_params(run):
         "data": {k: v for k, v in config["data"].items() if k not in NOT_FINETUNE_DATA},
         "num_classes": config["kinetics"]["num_classes"],
         "pretrained_format": config["checkpoints"][spec["pretrained"]]["format"],
+        **cpu_threads("finetune"),
     }
 
 
@@ -370,6 +454,7 @@ def eval_params(row):
             if row in RUNS
             else config["checkpoints"][spec["checkpoint"]]["format"]
         ),
+        **cpu_threads("evaluate"),
     }
 
 

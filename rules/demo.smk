@@ -45,6 +45,8 @@ if "demo" in config:
             f"{RESULTS}/pretrained/{{ckpt}}.pth",
         log:
             f"{RESULTS}/logs/demo_checkpoint/{{ckpt}}.log",
+        wildcard_constraints:
+            ckpt="|".join(demo_checkpoints()) or "NONE",
         conda:
             "../envs/train.yaml"
         params:

@@ -8,8 +8,8 @@ Always started by torchrun, one process per GPU (or CPU process):
 
 --spec: {"arch": {...}, "data": {...}, "evaluate": {"num_segments", "num_crops", "batch_views"},
 "num_classes": 400, "weights_format": "ours" | "videomae_finetuned"}. Writes logits.npz and
-metrics.json into --out-dir (rank 0, atomically). Exit codes: 0 done; 2 a refused test CSV (the
-message names the file and line); other non-zero: a failure.
+metrics.json into --out-dir (rank 0, atomically). Exit codes: 0 done; 2 a refused test CSV or
+spec (one line naming the file and line, or the key); other non-zero: a failure.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 from k400ft.distributed import stage_parser, stage_spec
 from k400ft.evaluate import evaluate
 from k400ft.io import setup_logging
+from k400ft.schedule import SpecError
 from k400ft.video import SplitCSVError
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     setup_logging()
     try:
         evaluate(stage_spec(args), args.device, args.test, args.weights, args.out_dir)
-    except SplitCSVError as err:
+    except (SplitCSVError, SpecError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -44,6 +44,7 @@ def mini_archive(tmp_path_factory):
     demo.write_archive(MINI_DEMO, MINI_KINETICS, folder)
     return folder
 
+
 import torch  # noqa: E402
 
 # The tests fork trainers that run backward passes. Autograd's engine starts its worker threads

@@ -9,6 +9,7 @@ workers are up, where a real error (a bad clip, a read-only file system, a broke
   train_step  the training step raises (main process, 2nd batch)
   worker      drawing a clip's augmentation raises inside a DataLoader worker
   write_log   writing train_log.jsonl fails with EROFS (the first record)
+  disk_full   the second save of the state finds the disk full (ENOSPC after its first KiB)
   evaluate    the evaluation raises after the first test video
   none        no fault (the control)
 
@@ -17,6 +18,7 @@ With FAULT_RANK=r in the environment, only the process of that torchrun rank get
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import runpy
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import torch  # noqa: E402
 
-from k400ft import augment, bookkeeping, components, evaluate  # noqa: E402
+from k400ft import augment, bookkeeping, components, evaluate, state  # noqa: E402
 
 
 def InjectedFault(message: str) -> RuntimeError:  # noqa: N802 - reads as an exception class
@@ -63,6 +65,29 @@ def _write_log() -> None:
     bookkeeping.TrainLog.write_log = write_log
 
 
+class FullDisk:
+    """A file handle on a full disk: the first KiB of a write lands, then ENOSPC."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data[:1024])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _disk_full() -> None:
+    original, saves = state.atomic_write, []
+
+    @contextlib.contextmanager
+    def atomic_write(path, mode="wb"):
+        with original(path, mode) as handle:
+            saves.append(path)
+            yield FullDisk(handle) if len(saves) == 2 else handle
+
+    state.atomic_write = atomic_write
+
+
 def _evaluate() -> None:
     original = evaluate.iter_view_batches
 
@@ -79,6 +104,7 @@ FAULTS = {
     "train_step": _train_step,
     "worker": _worker,
     "write_log": _write_log,
+    "disk_full": _disk_full,
     "evaluate": _evaluate,
     "none": lambda: None,
 }

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -142,6 +143,19 @@ def test_small_file_is_downloaded_recorded_then_verified(drive, catmae, out, tmp
     assert fetch(gdrive_spec("1smallFileId000"), out, drive, tmp_path) == digest
 
 
+def test_a_downloaded_checkpoint_honours_the_umask(drive, catmae, out, tmp_path):
+    """gdown writes its temp file 0600: on a shared cluster disk the group could not read the
+    checkpoint. It gets what any new file gets, 0666 less the umask."""
+    drive.add("1smallFileId000", catmae, "catmae.pth")
+    umask = os.umask(0o002)
+    try:
+        fetch(gdrive_spec("1smallFileId000"), out, drive, tmp_path)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((out / "ckpt.pth").stat().st_mode) == 0o664
+    assert stat.S_IMODE((out / "ckpt.sha256").stat().st_mode) == 0o664
+
+
 def test_virus_scan_confirm_page_is_followed_by_gdown(drive, catmae, out, tmp_path):
     file = drive.add("1largeFileId000", catmae, "catmae.pth", behaviour="confirm")
     fetch(gdrive_spec("1largeFileId000"), out, drive, tmp_path)
@@ -211,6 +225,11 @@ def test_truncated_body_fails_then_the_next_run_resumes(drive, big_catmae, out, 
     assert "ending early" in str(err.value) and "incomplete" in str(err.value)
     assert leftovers(out) == []
     (part,) = out.glob("*.part")  # gdown keeps what arrived, for resume
+    # what to do in this workflow, not gdown's command-line flag
+    assert "--continue" not in str(err.value)
+    assert f"The bytes received are kept in {part}: run the same snakemake command again" in (
+        str(err.value)
+    )
     received = part.stat().st_size
     assert 0 < received < len(big_catmae)
     file.behaviour = "direct"

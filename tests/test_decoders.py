@@ -20,6 +20,7 @@ from videos import (
     packet_spans,
     truncate,
     write_audio_only,
+    write_image_as_mp4,
     write_pattern_mp4,
     write_variant,
 )
@@ -137,7 +138,8 @@ def test_a_download_cut_short_is_refused_by_both_or_found_truncated(variants, tm
 def broken_in_the_data_path(tmp_path, caplog, decoder: str, bad: Path) -> tuple[str, str]:
     """Put `bad` between two good videos and read it through the data path: (the warning a
     train item logs when it replaces `bad` by the next video, the reason the evaluation lists
-    for it as an excluded test video); fails if `bad` is used."""
+    for it as an excluded test video); fails if `bad` is used. Per-epoch validation excludes
+    it too (it replaced it by the next video: 3 videos validated where 2 decode)."""
     good = write_pattern_mp4(tmp_path / "good.mp4", 40)
     csv = tmp_path / f"split_{decoder}.csv"
     V.write_split_csv(csv, [(str(good), 0), (str(bad), 1), (str(good), 2)])
@@ -148,6 +150,9 @@ def broken_in_the_data_path(tmp_path, caplog, decoder: str, bad: Path) -> tuple[
     assert index == 2 and labels.tolist() == [2, 2]  # replaced by the next video
     warning = [r.getMessage() for r in caplog.records if f"cannot decode {bad}" in r.getMessage()]
     assert len(warning) == 1
+    validation = V.TrainDataset(csv, data, "validation", seed=1)
+    clips, labels, _ = V.train_collate([validation[i] for i in range(3)])
+    assert labels.tolist() == [0, 2] and len(clips) == 2  # excluded, not replaced
     test = V.TestDataset(csv, data, 2, 1)
     excluded: dict[int, str] = {}
     batches = list(E.iter_view_batches((test[i] for i in range(len(test))), 4, excluded))
@@ -170,14 +175,30 @@ def test_a_truncated_faststart_mp4_is_a_broken_video_for_both_decoders(tmp_path,
     first, after = next(span for span in packet_spans(whole, "audio") if span[1] > middle)
     cut = truncate(whole, tmp_path / "cut.mp4", (first + after) // 2)
     warning, reason = broken_in_the_data_path(tmp_path, caplog, decoder, cut)
+    expected = (
+        rf"{re.escape(str(cut))}: truncated: the file holds \d+ of the {FRAMES} video "
+        r"frames its index lists, its video ending at [0-9.]+ s of 2\.00 s"
+    )
     if decoder == "pyav":
-        expected = (
-            rf"{re.escape(str(cut))}: truncated: the file holds \d+ of the {FRAMES} video "
-            r"frames its index lists, its video ending at [0-9.]+ s of 2\.00 s"
-        )
         with pytest.raises(D.BrokenVideoError, match=expected):
             D.open_video(cut, "pyav")
-        assert re.fullmatch(expected, reason) and f"({reason})" in warning
+    # decord said only "av_read_frame failed with 1094995529" (no file, no "truncated")
+    assert re.match(expected, reason), reason
+    assert f"({reason})" in warning
+
+
+@pytest.mark.parametrize("decoder", D.DECODERS)
+def test_an_image_named_mp4_is_not_a_video_for_both_decoders(tmp_path, caplog, decoder):
+    """A PNG frame plus random bytes named .mp4: decord refused it ("Failed to measure
+    duration/frame-count due to broken metadata", no file named), PyAV read it as a video of
+    two frames and the evaluation scored it. Both now say `<file>: not a video`: a train
+    item is replaced, a validation video and a test video excluded and listed."""
+    image = write_image_as_mp4(tmp_path / "frame.mp4")
+    expected = rf"{re.escape(str(image))}: not a video \(.*\)"
+    with pytest.raises(D.BrokenVideoError, match=expected):
+        D.read_frames(D.open_video(image, decoder), np.array([0]))
+    warning, reason = broken_in_the_data_path(tmp_path, caplog, decoder, image)
+    assert re.fullmatch(expected, reason) and f"({reason})" in warning
 
 
 def test_an_mp4_cut_between_packets_is_truncated_for_pyav_and_the_probe(tmp_path):

@@ -440,3 +440,48 @@ def test_released_checkpoint_eval_only_path(tiny):
     np.testing.assert_allclose(
         arrays["logits"][rows].astype(np.float32), expected, rtol=2e-3, atol=2e-3
     )
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+def test_an_image_named_mp4_is_excluded_and_listed_with_either_decoder(tiny, tmp_path, decoder):
+    """A PNG frame plus random bytes named .mp4 in a hand-made test CSV: with PyAV it was
+    evaluated as a video (its views scored, no log line); both decoders now exclude it and
+    metrics.json lists it, "not a video"."""
+    from videos import write_image_as_mp4
+
+    from k400ft.evaluate import evaluate
+    from k400ft.video import write_split_csv
+
+    image = write_image_as_mp4(tmp_path / "frame.mp4")
+    good = [str(tiny / f"videos/clip {i}.mp4") for i in (0, 3)]
+    write_split_csv(tmp_path / "test.csv", [(good[0], 0), (str(image), 1), (good[1], 2)])
+    spec = {**eval_spec(ARCH_2D, "ours"), "cpu_threads": 1}
+    spec["data"] = {**spec["data"], "decoder": decoder}
+    result = evaluate(
+        spec, "cpu", str(tmp_path / "test.csv"), str(tiny / "final.pt"), str(tmp_path)
+    )
+    assert result["videos"] == 2 and result["videos_listed"] == 3
+    (excluded,) = result["excluded"]
+    assert excluded["path"] == str(image)
+    assert excluded["reason"].startswith(f"{image}: not a video ("), excluded["reason"]
+    assert result["environment"]["cpu_threads"] == 1  # the spec's (launch.evaluate.cpu_threads)
+
+
+def test_the_cli_refuses_an_unknown_decoder_in_one_line(tiny, tmp_path, monkeypatch, capsys):
+    """Exit 2 and one line naming data.decoder and its values, before any video is read (a
+    ValueError traceback and exit 1 before)."""
+    import runpy
+
+    spec = eval_spec(ARCH_2D, "ours")
+    spec["data"] = {**spec["data"], "decoder": "ffmpeg"}
+    argv = ["evaluate.py", "--spec", json.dumps(spec), "--device", "cpu"]
+    argv += ["--test", str(tiny / "test.csv"), "--weights", str(tiny / "final.pt")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--out-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/evaluate.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "error: data.decoder: 'ffmpeg' is not one of decord, pyav"
+    )
+    assert not (tmp_path / "out").exists()

@@ -24,7 +24,9 @@ from test_finetune import (
     TINY_ARCH,
     VAL_VIDEOS,
     alive,
+    assert_same_run,
     cli_args,
+    outcome,
     process_tree,
     tiny,
 )
@@ -35,7 +37,7 @@ from k400ft.models import build_model
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = ROOT / "tests/faults.py"
 HANG_LIMIT = 120
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+TORCHRUN = [sys.executable, str(ROOT / "scripts/torchrun.py"), "--standalone"]  # the rules
 
 __all__ = ["tiny"]  # the fixture, shared with test_finetune
 
@@ -91,6 +93,26 @@ def test_a_finetune_error_after_the_workers_started_ends_the_process(tiny, fault
     assert not (root / f"fault_{fault}/out/final.pt").exists()
 
 
+def test_a_full_disk_at_a_save_says_where_and_how_much_and_the_rerun_resumes(tiny):
+    """The second save finds the disk full: one line names the state file, the bytes it
+    needed and that the previous state is intact (`OSError: [Errno 28] No space left on
+    device` said none of it); a rerun once there is space resumes from that state and ends
+    as an uninterrupted run (the harness's control: no fault)."""
+    root, spec = tiny
+    code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full_control", "none"))
+    assert code == 0, stderr[-3000:]
+    code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full", "disk_full"))
+    assert code == 1 and "Traceback" not in stderr, stderr[-3000:]
+    error, exit_line = stderr.strip().splitlines()[-2:]
+    assert f"ERROR k400ft.finetune: {root / 'full/state/last.pt'}: no space left" in error
+    assert error.endswith("the previous state is intact; free space and rerun to resume")
+    assert exit_line.endswith("rank 0 of 1: exitcode: 1 (failed)")
+    code, stderr, _ = run_to_the_end(finetune_command(root, spec, "full", "none"))
+    assert code == 0, stderr[-3000:]
+    assert "using the previous state" in stderr
+    assert_same_run(outcome(root / "full_control/out"), outcome(root / "full/out"))
+
+
 def test_an_error_on_one_rank_of_two_ends_the_whole_job(tiny):
     root, spec = tiny
     env = {**ENV, "FAULT_RANK": "1"}
@@ -98,7 +120,9 @@ def test_an_error_on_one_rank_of_two_ends_the_whole_job(tiny):
         finetune_command(root, spec, "fault_rank1", "train_step", procs=2), env
     )
     assert code != 0
-    assert "InjectedFault: injected" in stderr and "[1]" in stderr  # torchrun names rank 1
+    assert "InjectedFault: injected" in stderr
+    summary = stderr.strip().splitlines()[-1]  # the launcher's: what each failed rank did
+    assert summary.startswith("torchrun: faults.py failed: rank ") and "rank 1: " in summary
     print(f"rank 1 failed; the 2-rank job ended after {elapsed:.1f} s")
 
 

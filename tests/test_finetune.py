@@ -487,9 +487,13 @@ def cli_args(root: Path, spec: dict, name: str) -> list[str]:
     ]  # fmt: skip
 
 
+# torchrun as the rules start it (rules/common.smk `launcher`): scripts/torchrun.py
+TORCHRUN = [sys.executable, str(ROOT / "scripts/torchrun.py"), "--standalone"]
+
+
 def torchrun(root: Path, spec: dict, name: str, threads: int = 1) -> subprocess.Popen:
     """The CLI through torchrun with 2 gloo processes (threads 4: a loader worker each)."""
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    launch = [*TORCHRUN, "--nproc-per-node=2"]
     return subprocess.Popen(
         [
             *launch,
@@ -501,6 +505,13 @@ def torchrun(root: Path, spec: dict, name: str, threads: int = 1) -> subprocess.
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+    )
+
+
+def run_cli(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a stage's command line to its end (4 minutes at most), its output captured."""
+    return subprocess.run(
+        command, env=env or ENV, capture_output=True, text=True, timeout=240, check=False
     )
 
 
@@ -718,6 +729,12 @@ def test_two_processes_killed_then_resumed_through_torchrun_is_bit_identical(tin
         assert f"rank {rank} of 2: exitcode: 75 (stopped by a signal, state saved" in stderr, (
             stderr[-5000:]
         )
+    state = root / "ddp/state"
+    assert stderr.strip().splitlines()[-1] == (  # the launcher's summary ends the job's log
+        "torchrun: stopped by SIGTERM; finetune.py rank 0 of 2 (from trainer.log): exit code "
+        f"75 (stopped by a signal, state saved: run again to resume); state dir {state} "
+        f"(every attempt's log: {state / 'trainer.log'})"
+    )
     trainer_log = (root / "ddp/state/trainer.log").read_text()
     assert "stopped by signal SIGTERM" in trainer_log and "rank 1 of 2" not in trainer_log
     assert trainer_log.rstrip().endswith(
@@ -755,6 +772,25 @@ def test_a_state_of_another_spec_is_set_aside_not_resumed(tiny, reference):
     assert len(list((root / "stale/state").glob("*.pt.stale-*"))) == 2
 
 
+def test_a_failed_job_log_ends_with_one_line_naming_the_exit_code_and_state_dir(tiny):
+    """After the trainer's `exitcode:` line torchrun printed some 30 lines (a ChildFailedError
+    traceback and table); the launcher the rules use ends the log with one summary line."""
+    root, spec = tiny
+    bad = dict(spec, finetune={"global_batch": 6, "batch_per_gpu": 4, "base_lr": 1e-3})
+    proc = run_cli(
+        [*TORCHRUN, "--nproc-per-node=1", str(ROOT / "scripts/finetune.py")]
+        + cli_args(root, bad, "launched")
+    )
+    state = root / "launched/state"
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    trainer_exit, summary = proc.stderr.strip().splitlines()[-3::2]
+    assert trainer_exit.endswith("rank 0 of 1: exitcode: 2 (a refused spec or split CSV)")
+    assert summary == (
+        "torchrun: finetune.py failed: rank 0: exit code 2 (a refused spec or split CSV); "
+        f"state dir {state} (every attempt's log: {state / 'trainer.log'})"
+    )
+
+
 def test_cli_refuses_a_global_batch_that_does_not_split(tiny, monkeypatch, capsys):
     root, spec = tiny
     bad = dict(spec, finetune={"global_batch": 6, "batch_per_gpu": 4, "base_lr": 1e-3})
@@ -767,6 +803,47 @@ def test_cli_refuses_a_global_batch_that_does_not_split(tiny, monkeypatch, capsy
         in capsys.readouterr().err
     )
     assert not (root / "bad/out").exists()
+
+
+def refused_in_one_line(monkeypatch, capsys, args: list[str]) -> str:
+    """Run scripts/finetune.py with `args`: exit 2, one error line and then the exit line, no
+    traceback; returns the error line's message."""
+    monkeypatch.setattr(sys, "argv", ["finetune.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "scripts/finetune.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err[-3000:]
+    error, last = err.strip().splitlines()[-2:]
+    assert last.endswith("rank 0 of 1: exitcode: 2 (a refused spec or split CSV)")
+    return error.split("ERROR k400ft.finetune: ", 1)[1]
+
+
+def test_cli_refuses_an_unknown_decoder_in_one_line(tiny, monkeypatch, capsys):
+    """data.decoder: ffmpeg was a ValueError traceback and exit 1; the README promises 2."""
+    root, spec = tiny
+    bad = json.loads(json.dumps(spec))
+    bad["data"]["decoder"] = "ffmpeg"
+    error = refused_in_one_line(monkeypatch, capsys, cli_args(root, bad, "ffmpeg"))
+    assert error == "data.decoder: 'ffmpeg' is not one of decord, pyav"
+    assert not (root / "ffmpeg").exists()
+
+
+def test_cli_refuses_a_train_split_smaller_than_a_global_batch_naming_the_file(
+    tiny, monkeypatch, capsys
+):
+    """As the plan does: the user's file, its count and what needs more ("the train split has
+    3 videos" named no file)."""
+    root, spec = tiny
+    small = root / "small" / "train.csv"
+    small.parent.mkdir(exist_ok=True)
+    small.write_text("".join((root / "train.csv").read_text().splitlines(True)[:3]))
+    args = cli_args(root, spec, "small")
+    args[args.index("--train") + 1] = str(small)
+    error = refused_in_one_line(monkeypatch, capsys, args)
+    assert error == (
+        f"{small}: 3 video(s); a fine-tune step takes one global batch of 4 (finetune.global_batch)"
+    )
+    assert sorted(p.name for p in small.parent.iterdir()) == ["train.csv"]
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -791,6 +868,46 @@ def test_cli_refuses_a_split_csv_without_videos_in_one_line(tiny, monkeypatch, c
     )
     assert last.endswith("rank 0 of 1: exitcode: 2 (a refused spec or split CSV)")
     assert sorted(p.name for p in empty.parent.iterdir()) == [empty.name]  # no state, no out
+
+
+def test_the_cpu_thread_count_is_the_specs_whatever_the_jobs_cpus(tiny):
+    """Snakemake sets OMP_NUM_THREADS to a job's threads (`--cores 1`, another SLURM CPU
+    count): the same spec gave another val_loss from epoch 0 and another final.pt, and nothing
+    reran. On CPU the intra-op thread count is the spec's `cpu_threads` (config
+    launch.finetune.cpu_threads, a param of the rule), recorded in spec.json. As Snakemake's
+    `--cores 1` and `--cores 2` start it: 1 CPU (no loader worker, the clips made in the
+    trainer) and 2 CPUs (one worker)."""
+    root, spec = tiny
+    spec = {**spec, "cpu_threads": 2}
+    runs = []
+    for threads in ("1", "2"):
+        name = f"omp_{threads}"
+        command = [sys.executable, str(ROOT / "scripts/finetune.py"), *cli_args(root, spec, name)]
+        proc = run_cli([*command, "--threads", threads], {**ENV, "OMP_NUM_THREADS": threads})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(outcome(root / name / "out"))
+        resolved = json.loads((root / name / "out/spec.json").read_text())
+        assert resolved["spec"]["cpu_threads"] == resolved["plan"]["cpu_threads"] == 2
+    assert_same_run(*runs)
+    # final.pt records the spec less the loader workers (0 and 1 here): the same bytes
+    assert (root / "omp_1/out/final.pt").read_bytes() == (root / "omp_2/out/final.pt").read_bytes()
+
+
+def test_a_validation_video_that_fails_is_excluded_not_replaced(tiny):
+    """val_videos counts the videos that decode: a broken one was replaced by the next video
+    (5 validated where 4 decode)."""
+    root, spec = tiny
+    broken = root / "broken_val"
+    broken.mkdir(exist_ok=True)
+    (broken / "val.csv").write_text((root / "val.csv").read_text() + f"{root}/videos/v03.mp4 1\n")
+    one_epoch = {**spec, "recipe": {**spec["recipe"], "epochs": 1}}
+    args = cli_args(root, one_epoch, "broken_val")
+    args[args.index("--val") + 1] = str(broken / "val.csv")
+    proc = run_cli([sys.executable, str(ROOT / "scripts/finetune.py"), *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"validation: cannot decode {root}/videos/v03.mp4 (" in proc.stderr
+    (epoch,) = [line for line in outcome(broken / "out")[1] if line["type"] == "epoch"]
+    assert epoch["val_videos"] == 4
 
 
 def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_reference):

@@ -3,11 +3,13 @@ random streams, and the lock that gives a state dir to one trainer: held, refuse
 holder, taken over loudly from a dead one, and the content-only fallback on a file system
 without record locks."""
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from faults import FullDisk
 
 from k400ft import state
 
@@ -60,6 +63,36 @@ def test_truncated_last_falls_back_to_previous_loudly(tmp_path, caplog):
     )  # the bad `last` must not become `prev`
     assert state.unpack_state(tmp_path / "prev.pt")["progress"]["global_step"] == 1
     assert state.StateStore(tmp_path).load()["progress"]["global_step"] == 3
+
+
+def test_a_full_disk_during_a_save_names_the_path_and_bytes_and_keeps_the_previous_state(
+    tmp_path, monkeypatch
+):
+    """`OSError: [Errno 28] No space left on device` named no path and did not say that the
+    previous state is kept."""
+    store = state.StateStore(tmp_path)
+    store.save({"progress": {"epoch": 0, "global_step": 1}})
+    write = state.atomic_write
+
+    @contextlib.contextmanager
+    def on_a_full_disk(path, mode="wb"):
+        with write(path, mode) as handle:
+            yield FullDisk(handle)
+
+    monkeypatch.setattr(state, "atomic_write", on_a_full_disk)
+    big = {"progress": {"epoch": 0, "global_step": 2}, "model": {"w": torch.zeros(4096)}}
+    with pytest.raises(state.StateNotSaved) as err:
+        store.save(big)
+    needed = len(state.pack_state(big))
+    assert re.fullmatch(
+        rf"{re.escape(str(tmp_path / 'last.pt'))}: no space left on device for the state "
+        rf"\({needed} bytes needed, \d+ free\): the previous state is intact; free space and "
+        r"rerun to resume",
+        str(err.value),
+    ), str(err.value)
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert state.StateStore(tmp_path).load()["progress"]["global_step"] == 1
 
 
 def test_rng_state_survives_the_state_file(tmp_path):

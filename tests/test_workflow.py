@@ -1,7 +1,9 @@
 """The workflow as a whole: config validation, the paper DAG, lint and formatting."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +168,7 @@ def test_the_plan_target_needs_only_the_splits_never_a_fine_tune(tmp_path):
 def test_demo_dag_dry_run(tmp_path):
     out = snakemake(
         "-n",
+        "-p",
         "--directory",
         str(tmp_path),
         "--configfile",
@@ -173,6 +176,10 @@ def test_demo_dag_dry_run(tmp_path):
         "--replace-workflow-config",
     ).stdout
     assert job_counts(out) == DEMO_JOBS
+    # on CPU the intra-op thread count is part of each fine-tune's and evaluation's spec
+    # (params: a change reruns them), not the job's OMP_NUM_THREADS
+    assert out.count('"cpu_threads": 2') == 4, out[-3000:]
+    assert '"cpu_threads"' not in paper_dry_run(tmp_path / "paper", "-p")  # CUDA: not used
 
 
 DEMO_JOBS = {
@@ -197,32 +204,135 @@ DEMO_JOBS = {
 }
 
 
+def paper_args(tmp_path) -> list[str]:
+    """The paper config's command-line arguments on a K400-shaped tree under `tmp_path`."""
+    k400 = fake_kinetics(tmp_path / "k400")
+    return [
+        *("--directory", str(tmp_path), "--configfile", str(ROOT / "config.yaml")),
+        *("--config", f"kinetics={{root: {k400}, layout: annotations, source: local}}"),
+    ]
+
+
+def finished_run(tmp_path, args: list[str]) -> None:
+    """Every declared output of the DAG of `args` (all under `tmp_path`) as a finished run
+    leaves it: empty files of one mtime, as the dry-run's summary lists them."""
+    summary = snakemake("-n", "--summary", *args).stdout
+    for line in summary.split("output_file", 1)[1].splitlines()[1:]:
+        path = tmp_path / line.split("\t")[0]
+        assert path.resolve().is_relative_to(tmp_path), path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (1e9, 1e9))
+    assert "Nothing to be done" in snakemake("-n", *args).stdout
+
+
+@pytest.mark.parametrize(
+    ("missing", "remade"),
+    [
+        ("results/evaluate/videomae_vits16", {"evaluate": 1, "report": 1, "all": 1}),
+        (
+            "results/finetune/catmae_vits16/train_log.jsonl",
+            {"finetune": 1, "evaluate": 1, "report": 1, "all": 1},
+        ),
+    ],
+    ids=["evaluation", "fine-tune log"],
+)
+def test_a_missing_intermediate_output_is_remade_and_everything_after_it(tmp_path, missing, remade):
+    """`--forcerun evaluate` deletes the evaluation's outputs before the job runs; killed then,
+    the next run said "Nothing to be done" and kept the old table (Snakemake skips a missing
+    intermediate file when the files after it exist, snakemake#1978). Every stage's outputs
+    are targets of `all`: the missing one is remade and everything after it follows."""
+    args = paper_args(tmp_path)
+    finished_run(tmp_path, args)
+    target = tmp_path / missing
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out = snakemake("-n", *args).stdout
+    assert "Nothing to be done" not in out, "the missing output was not remade"
+    assert job_counts(out) == remade, out[-3000:]
+
+
+def test_every_stage_of_the_archive_chain_is_a_target_but_the_parts_deleted_after_extraction(
+    tmp_path,
+):
+    """From the public archive (config.yaml as it is, keep_archives false): a missing verify
+    record or resize shard is remade, a part deleted once extracted (temp) is not fetched
+    again."""
+    args = ["--directory", str(tmp_path), "--configfile", str(ROOT / "config.yaml")]
+    args += ["--config", f"kinetics={{root: {tmp_path / 'k400'}}}"]
+    finished_run(tmp_path, args)
+    for part in tmp_path.glob("k400/archives/*/part_*.tar.gz"):  # temp(): gone once extracted
+        part.unlink()
+    assert "Nothing to be done" in snakemake("-n", *args).stdout  # never a target of `all`
+    (tmp_path / "results/kinetics/extract/val.json").unlink()
+    (tmp_path / "results/kinetics/resize/shards/7.json").unlink()
+    counts = job_counts(snakemake("-n", *args).stdout)
+    assert counts["kinetics_verify"] == 1 and counts["kinetics_resize"] == 64, counts
+    assert "kinetics_fetch" not in counts and "kinetics_extract" not in counts, counts
+
+
+def config_error(tmp_path, edit) -> subprocess.CompletedProcess:
+    """A dry-run of the paper config after `edit`."""
+    config = write_config(tmp_path / "config.yaml", edit)
+    options = ("--directory", str(tmp_path), "--configfile", str(config))
+    return snakemake("-n", *options, "--replace-workflow-config", check=False)
+
+
+def the_one_line(proc: subprocess.CompletedProcess) -> str:
+    """Exit 2 and one line of output besides Snakemake's note of the workflow profile."""
+    lines = [
+        line for line in proc.stdout.splitlines() if not line.startswith("Using workflow specific")
+    ]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout[-3000:]
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c["recipe"].update(epochs_typo=3), r"'epochs_typo' was unexpected"),
+        (
+            lambda c: c["recipe"].update(epochs_typo=3),
+            r"recipe\.epochs_typo: unknown key \(allowed: epochs, warmup_epochs, .*\)",
+        ),
         (
             lambda c: c["recipe"].update(epochs="many"),
-            r"'many' is not of type 'integer'[\s\S]*epochs",
+            r"recipe\.epochs: 'many' is not of type 'integer' \(allowed: an integer >= 1\)",
         ),
-        (lambda c: c["kinetics"].pop("root"), r"'root' is a required property"),
+        (
+            lambda c: c["kinetics"].pop("root"),
+            r"kinetics\.root: missing \(required: root, layout\)",
+        ),
         (
             lambda c: c["models"]["catmae_vits16"]["arch"].update(patchify="4d"),
-            r"'4d' is not one of[\s\S]*patchify",
+            r"models\.catmae_vits16\.arch\.patchify: '4d' is not allowed \(allowed: 2d, 3d\)",
         ),
         (
             lambda c: c["checkpoints"]["catmae_vits16_pt300"].update(path="/x.pth"),
-            r"is valid under each of",
+            r"checkpoints\.catmae_vits16_pt300: give exactly one source \(allowed: gdrive_id "
+            r"or path\)",
         ),
         (
             lambda c: c["kinetics"].update(layout="class_folders"),
-            r"'annotations' was expected[\s\S]*layout",
+            r"kinetics\.layout: 'annotations' was expected \(allowed: annotations\)",
         ),
         (
             lambda c: c["kinetics"]["archive"]["parts"].update(train="242"),
-            r"'242' is not of type 'integer'[\s\S]*parts",
+            r"kinetics\.archive\.parts\.train: '242' is not of type 'integer' \(allowed: an "
+            r"integer >= 1\)",
         ),
-        (lambda c: c["kinetics"].update(resize_short_side=321), r"321 is not a multiple of 2"),
+        (
+            lambda c: c["kinetics"].update(resize_short_side=321),
+            r"kinetics\.resize_short_side: 321 is not a multiple of 2 \(allowed: .*\)",
+        ),
+        (
+            lambda c: c["models"]["catmae_vits16"].update(pretrained="catmae_missing"),
+            r"models\.catmae_vits16\.pretrained: 'catmae_missing' is not a checkpoint "
+            r"\(allowed: catmae_vits16_pt300, videomae_vits16_k400_ft, videomae_vits16_pt1600\)",
+        ),
+        (
+            lambda c: c["released"]["videomae_vits16_k400_released"].update(checkpoint="x"),
+            r"released\.videomae_vits16_k400_released\.checkpoint: 'x' is not a checkpoint "
+            r"\(allowed: catmae_vits16_pt300, .*\)",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -233,22 +343,28 @@ DEMO_JOBS = {
         "archive-layout",
         "part-count",
         "odd-short-side",
+        "no-such-pretrained",
+        "no-such-released",
     ],
 )
-def test_config_errors_name_the_key(tmp_path, edit, message):
-    config = write_config(tmp_path / "config.yaml", edit)
-    proc = snakemake(
-        "-n",
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(config),
-        "--replace-workflow-config",
-        check=False,
+def test_config_errors_are_one_line_naming_the_key_and_its_allowed_values(tmp_path, edit, message):
+    """Checked when the workflow loads, before any job: one line, exit 2 (Snakemake printed
+    10 to 81 lines around a schema error, and a model's unknown `pretrained` checkpoint was a
+    MissingInputException naming a file, never the key)."""
+    line = the_one_line(config_error(tmp_path, edit))
+    assert re.fullmatch(r"config error: " + message, line), line
+
+
+def test_command_line_config_values_are_yaml(tmp_path):
+    """Snakemake passes nested --config values as strings ('recipe={epochs: 3}' gave '3', which
+    failed the schema): they are read as YAML, as in a config file."""
+    args = paper_args(tmp_path)
+    out = snakemake("-n", "-p", *args, "recipe={epochs: 3}").stdout
+    assert '"epochs": 3,' in out, out[-3000:]
+    bad = snakemake("-n", *args, "recipe={epochs: three}", check=False)
+    assert re.fullmatch(
+        r"config error: recipe\.epochs: 'three' is not of type 'integer' .*", the_one_line(bad)
     )
-    assert proc.returncode != 0
-    assert "Error validating config file" in proc.stdout
-    assert re.search(message, proc.stdout), proc.stdout[-3000:]
 
 
 def test_snakemake_lint():

@@ -12,6 +12,7 @@ decode correctly. The splits probe drops such files ("undecodable").
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 
 def frame_pattern(
@@ -184,6 +186,17 @@ def write_audio_only(path: str | Path, seconds: float = 1.0, rate: int = 8000) -
             frame.sample_rate, frame.pts = rate, start
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    return path
+
+
+def write_image_as_mp4(path: str | Path, seed: int = 0) -> Path:
+    """A PNG frame followed by random bytes, named .mp4 (a file damaged, or put in a CSV by
+    hand): FFmpeg's image demuxer opens it as a video stream of a frame or two."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = io.BytesIO()
+    Image.fromarray(frame_pattern(1, 48, 64, seed)[0]).save(image, "PNG")
+    path.write_bytes(image.getvalue() + np.random.default_rng(seed).bytes(4096))
     return path
 
 

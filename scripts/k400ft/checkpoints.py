@@ -42,7 +42,7 @@ import gdown
 import requests
 
 from k400ft import layouts
-from k400ft.io import atomic_write
+from k400ft.io import atomic_write, plain_file_mode
 from k400ft.provenance import file_sha256
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ def fetch_checkpoint(
     with _removed_on_error(staging):
         if spec.gdrive_id:
             sha256 = _download(spec, staging, output, expected, drive or DriveOptions())
+            os.chmod(staging, plain_file_mode())  # gdown's temp file is 0600: honour the umask
         else:
             _stage_local(spec, staging)
             sha256 = file_sha256(staging)
@@ -332,9 +333,13 @@ def drive_failure_message(
             f"HTTPS, point REQUESTS_CA_BUNDLE at its CA certificate.\n{manual}"
         )
     if isinstance(err, gdown.exceptions.DownloadError) and "incomplete" in text:
+        # gdown's own advice ("--continue on the command line") is for its command line
+        kept = sorted(output.parent.glob(f".{output.name}.download*.part"))
+        where = f" are kept in {kept[0]}" if kept else ""
         return (
-            f"{head}: the transfer kept ending early and the retries are spent ({text})\n"
-            f"Rerun to resume it.\n{manual}"
+            f"{head}: the transfer kept ending early and the retries are spent "
+            f"({text.splitlines()[0].rstrip('.')}).\nThe bytes received{where}: run the same "
+            f"snakemake command again and the download resumes from them.\n{manual}"
         )
     if any(isinstance(e, (requests.ConnectionError, requests.Timeout)) for e in chain):
         return (

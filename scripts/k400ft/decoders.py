@@ -22,10 +22,13 @@ in increasing order. `data.decoder` in config.yaml picks one (README, "Video dec
 Both decode with one thread: the parallelism is the DataLoader's workers. Drop a reader as soon
 as its frames are read (decord's thread keeps decoding ahead while the reader lives).
 
-A file that is not a whole video raises BrokenVideoError naming it, with either decoder: no
-video stream (decord itself says only "Check failed: st_nb >= 0"), or, with PyAV, an mp4 whose
-video packets end before its index says they do (`index_shortfall`; decord refuses such a file
-when the cut falls inside a packet, as it usually does).
+A file that is not a whole video raises BrokenVideoError naming it, with the same verdict
+from either decoder: no video stream; not a video (a stream that declares neither a frame
+count nor a duration, what decord refuses to open: an image with bytes after it named .mp4,
+which FFmpeg's image demuxer opens as a video); truncated (an mp4 whose video packets end
+before its index says they do, `index_shortfall`). PyAV's scan decides; when decord fails
+(at open, or decoding: "av_read_frame failed with 1094995529" for a file cut inside a
+packet, no file named), the scan says why (`broken_verdict`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ class PyAVVideo:
             stream = self._container.streams.best("video")
             if stream is None:
                 raise BrokenVideoError(f"{self.path}: no video stream")
+            if declared_frames(self._container, stream) < 1:  # what decord refuses to open
+                raise BrokenVideoError(
+                    f"{self.path}: not a video ({self._container.format.long_name}: "
+                    "no frame count or duration)"
+                )
             stream.codec_context.thread_count = 1
             pts, durations, keys, positions = [], [], [], []
             for packet in self._container.demux(stream):
@@ -137,6 +145,16 @@ class PyAVVideo:
         self._container.close()
 
 
+def declared_frames(container: av.container.InputContainer, stream: av.VideoStream) -> float:
+    """The frame count a file declares, as decord 0.6.0 reads it (and refuses a file below 1):
+    the stream's count, else its average rate x the container's duration."""
+    if stream.frames > 0:
+        return stream.frames
+    if not stream.average_rate or not container.duration:
+        return 0
+    return float(stream.average_rate) * container.duration / av.time_base
+
+
 def index_shortfall(stream: av.VideoStream, spans: list[tuple[int, int]]) -> str | None:
     """Why a video stream's packets, (pts, duration) each, fall short of what the file's index
     declares (a truncated file), or None when they do not.
@@ -202,27 +220,43 @@ def describe_error(err: BaseException) -> str:
     return " | ".join(line for line in lines if line)[:300] or type(err).__name__
 
 
-def open_video(path: str | Path, decoder: str = "decord") -> VideoReader | PyAVVideo:
+class DecordVideo(VideoReader):
+    """decord's reader (one thread) that knows its file, so that a failure to decode it can
+    be explained (`broken_verdict`)."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        super().__init__(self.path, ctx=cpu(0), num_threads=1)
+
+
+def open_video(path: str | Path, decoder: str = "decord") -> DecordVideo | PyAVVideo:
     """A reader of `path` with one decoding thread; `decoder` is one of DECODERS."""
     if decoder == "decord":
         try:
-            return VideoReader(str(path), ctx=cpu(0), num_threads=1)
+            return DecordVideo(path)
         except Exception as err:  # decord's DECORDError, RuntimeError, ...
-            if has_no_video_stream(path):  # decord says only "Check failed: st_nb >= 0"
-                raise BrokenVideoError(f"{path}: no video stream") from err
-            raise
+            broken = broken_verdict(path)
+            if broken is None:
+                raise
+            raise broken from err
     if decoder == "pyav":
         return PyAVVideo(path)
     raise ValueError(f"unknown decoder {decoder!r}: use one of {', '.join(DECODERS)}")
 
 
-def has_no_video_stream(path: str | Path) -> bool:
-    """Whether `path` opens as a media file (FFmpeg, through PyAV) without a video stream."""
+def broken_verdict(path: str | Path) -> BrokenVideoError | None:
+    """Why decord failed on `path`, as PyAV's scan says it (decord's "Check failed: st_nb >=
+    0", "Failed to measure duration/frame-count due to broken metadata" and "av_read_frame
+    failed with 1094995529" name no file, or no reason): the BrokenVideoError naming the file
+    (no video stream, not a video, truncated), or None when the scan finds nothing wrong or
+    cannot open the file either (decord's own error then stands)."""
     try:
-        with av.open(str(path)) as container:
-            return not container.streams.video
-    except (OSError, av.error.FFmpegError):
-        return False
+        PyAVVideo(path).close()
+    except BrokenVideoError as broken:
+        return broken
+    except Exception:  # noqa: BLE001 - FFmpeg cannot read it either
+        return None
+    return None
 
 
 def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndarray:
@@ -236,7 +270,13 @@ def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndar
     if isinstance(reader, PyAVVideo):
         batch = reader.frames(unique)
     else:
-        batch = reader.get_batch(unique.tolist()).asnumpy()
+        try:
+            batch = reader.get_batch(unique.tolist()).asnumpy()
+        except Exception as err:  # decord's DECORDError, RuntimeError, ...
+            broken = broken_verdict(reader.path) if hasattr(reader, "path") else None
+            if broken is None:
+                raise
+            raise broken from err
     if len(unique) == len(indices) and np.array_equal(unique, indices):
         return batch
     return batch[inverse.reshape(-1)]

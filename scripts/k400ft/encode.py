@@ -51,6 +51,7 @@ from tqdm import tqdm
 from k400ft import io
 from k400ft.decoders import describe_error, open_video, read_frames
 from k400ft.io import OutputError, atomic_write, die_with_parent
+from k400ft.provenance import file_sha256
 
 LOG = logging.getLogger("k400ft.encode")
 
@@ -60,7 +61,7 @@ PRESETS = tuple("ultrafast superfast veryfast faster fast medium slow slower ver
 TUNES = ("none", "fastdecode", "film", "animation", "grain", "stillimage")
 # The container tag that says which source and settings an output was made from (resume check).
 TAG = "comment"
-TAG_VERSION = 1
+TAG_VERSION = 2  # 1: the source's path and mtime (two clean runs gave different bytes)
 # An identical frame has infinite PSNR; JSON has no infinity, so frames are capped here.
 MAX_PSNR = 100.0
 SCALER = "BICUBIC"  # swscale's filter: ffmpeg's scale filter default, as peers' scripts get
@@ -174,17 +175,11 @@ def psnr(reference: np.ndarray, copy: np.ndarray) -> float:
 
 
 def source_tag(source: str | os.PathLike, settings: Settings) -> str:
-    """The tag an output carries: source path, size and mtime, and the settings. An output
-    whose tag differs (the source was replaced, crf changed) is made again, not reused."""
-    stat = os.stat(source)
+    """The tag an output carries: its source's sha256 and the settings. An output whose tag
+    differs (the source was replaced, crf changed) is made again, not reused. Nothing of where
+    or when: the same source gives the same output, byte for byte, in any checkout and run."""
     return json.dumps(
-        {
-            "version": TAG_VERSION,
-            "source": os.path.abspath(os.fspath(source)),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            **settings.as_dict(),
-        },
+        {"version": TAG_VERSION, "source_sha256": file_sha256(source), **settings.as_dict()},
         sort_keys=True,
     )
 
@@ -227,7 +222,8 @@ def encode_video(source: str | os.PathLike, dest: str | os.PathLike, settings: S
         time_base = Fraction(1) / Fraction(rate)
         written = 0
         with writing(dest), atomic_write(dest, "wb") as handle:
-            with av.open(handle, "w", format="mp4") as out:
+            # bitexact: no muxer version tag either, only what the frames and settings make
+            with av.open(handle, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
                 out.metadata[TAG] = tag
                 video = out.add_stream(
                     "libx264", rate=Fraction(rate), options=settings.x264_options()

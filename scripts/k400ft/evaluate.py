@@ -195,6 +195,7 @@ def environment(info: distributed.DistInfo) -> dict:
         **provenance.host(("torch", "torchvision", "timm", "numpy", "decord")),
         "world_size": info.world_size,
         "device": info.device.type,
+        "cpu_threads": torch.get_num_threads() if info.device.type == "cpu" else None,
     }
     if info.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(info.device)
@@ -242,7 +243,7 @@ def evaluate(spec: dict, device: str, test_csv: str, weights: str, out_dir: str)
     spec: {arch, data, evaluate: {num_segments, num_crops, batch_views}, num_classes,
     weights_format: 'ours' | 'videomae_finetuned'} (rules/evaluate.smk)."""
     start = time.perf_counter()
-    info = distributed.init(device)
+    info = distributed.init(device, spec.get("cpu_threads"))
     loader = None
     try:
         settings = spec["evaluate"]

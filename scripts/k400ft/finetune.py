@@ -76,23 +76,20 @@ from k400ft import (
     video,
 )
 from k400ft.bookkeeping import Bookkeeper
+from k400ft.distributed import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_MEANINGS,
+    EXIT_REFUSED,
+    EXIT_REQUEUE,
+)
 from k400ft.io import atomic_write
 from k400ft.lifecycle import Progress, StopRequested
 from k400ft.schedule import SpecError
 
 log = logging.getLogger("k400ft.finetune")
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL (sysexits.h): saved on a signal, run me again to resume
-EXIT_LOCKED = 73  # EX_CANTCREAT: another trainer holds the state dir
-EXIT_REFUSED = 2  # a refused spec or split CSV (the message names the key, or the file and line)
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: a Ctrl-C
-EXIT_MEANINGS = {
-    0: "done",
-    EXIT_REQUEUE: "stopped by a signal, state saved: run again to resume",
-    EXIT_REFUSED: "a refused spec or split CSV",
-    EXIT_LOCKED: "the state dir is in use by another trainer",
-    EXIT_INTERRUPTED: "interrupted",
-}
+# the exit codes (EXIT_*, EXIT_MEANINGS) are k400ft.distributed's: the launcher reads them too
 
 
 class Finetune:
@@ -130,7 +127,7 @@ class Finetune:
             val_csv, data, "validation", seed=seed, num_classes=classes
         )
         self.plan = schedule.make_plan(
-            spec, info.world_size, len(self.train_set), len(self.val_set), self.device
+            spec, info.world_size, len(self.train_set), len(self.val_set), self.device, train_csv
         )
         # augment_on device: the workers draw the parameters, the clips are made here
         compiled = self.plan.augment_compile
@@ -191,6 +188,8 @@ class Finetune:
                 error = err
             finally:
                 video.close_loaders(self.train_loader, self.val_loader)
+                if self.meter is not None:  # the bar's last draw before the exit line
+                    self.meter.close()
             return report_exit(code, error)
 
     def train(self) -> int:
@@ -328,12 +327,15 @@ class Finetune:
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
-        """Single-view top-1/top-5 and CE loss over the whole val split (sums over ranks)."""
+        """Single-view top-1/top-5 and CE loss over the val split's videos that decode (sums
+        over ranks; one that fails is excluded and logged by the dataset)."""
         self.val_set.set_epoch(epoch)
         self.net.eval()
         # loss sum, top1, top5, count
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         for clips, labels, _ in self.val_loader:
+            if not len(labels):  # every video of the batch excluded
+                continue
             clips, labels = (
                 clips.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True),
@@ -348,6 +350,8 @@ class Finetune:
             )
         distributed.all_reduce_sum(totals)
         loss_sum, top1, top5, count = totals.tolist()
+        if not count:
+            raise RuntimeError(f"{self.val_set.csv_path}: not one validation video decodes")
         return {
             "val_loss": loss_sum / count,
             "val_top1": 100 * top1 / count,
@@ -401,7 +405,13 @@ def finetune(
     try:
         try:
             trainer = Finetune(
-                spec, distributed.init(device), train_csv, val_csv, pretrained, state_dir, out_dir
+                spec,
+                distributed.init(device, spec.get("cpu_threads")),
+                train_csv,
+                val_csv,
+                pretrained,
+                state_dir,
+                out_dir,
             )
         except BaseException as err:  # noqa: BLE001 - a refusal or a failure, reported
             return report_exit(1, err)
@@ -424,6 +434,9 @@ def report_exit(code: int, error: BaseException | None) -> int:
         log.error("%s", error)
     elif isinstance(error, state.StateLocked):
         code = EXIT_LOCKED
+        log.error("%s", error)
+    elif isinstance(error, state.StateNotSaved):  # a full disk: one line says what to do
+        code = 1
         log.error("%s", error)
     elif isinstance(error, KeyboardInterrupt):
         code = EXIT_INTERRUPTED

@@ -29,7 +29,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, plain_file_mode())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -88,10 +88,12 @@ def check_writable(folder: str | os.PathLike) -> None:
         os.fsync(probe.fileno())
 
 
-def _umask() -> int:
+def plain_file_mode() -> int:
+    """The permissions a plain open() gives a new file: 0666 less the umask (a temp file from
+    mkstemp, or gdown's, is a private 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

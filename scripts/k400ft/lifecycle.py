@@ -62,14 +62,19 @@ class StopRequested(Exception):
     """A signal asked all ranks to stop; the state is saved."""
 
 
+def result_spec(spec: dict) -> dict:
+    """The spec less the number of loader workers, which follows the CPUs a job gets and does
+    not change the result: what the run's identity and final.pt record (the same bytes on any
+    core count)."""
+    return {**spec, "data": {k: v for k, v in spec["data"].items() if k != "num_workers"}}
+
+
 def run_identity(spec: dict, inputs: dict[str, str]) -> str:
-    """sha256 over the spec and the input files' contents: a state is resumed only by the run
-    that wrote it (a changed config, split or checkpoint starts over). The number of loader
-    workers is not part of it: it follows the CPUs a job gets and does not change the result."""
-    data = {k: v for k, v in spec["data"].items() if k != "num_workers"}
+    """sha256 over the result's spec and the input files' contents: a state is resumed only by
+    the run that wrote it (a changed config, split or checkpoint starts over)."""
     return provenance.json_sha256(
         {
-            "spec": {**spec, "data": data},
+            "spec": result_spec(spec),
             **{name: provenance.file_sha256(path) for name, path in inputs.items()},
         }
     )
@@ -242,7 +247,7 @@ def write_outputs(
         "epochs": resolved["plan"]["epochs"],
         "val_top1": last_epoch["val_top1"],
         "val_top5": last_epoch["val_top5"],
-        "spec": json.dumps(spec, sort_keys=True),
+        "spec": json.dumps(result_spec(spec), sort_keys=True),
     }
     weights_path, log_path, spec_path = (out_dir / name for name in OUTPUTS)
     # the contexts exit (rename) in reverse order: spec.json, train_log.jsonl, final.pt

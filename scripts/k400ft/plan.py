@@ -409,6 +409,7 @@ def plan(
                 "num_classes": spec["num_classes"],
                 "evaluate": spec["evaluate"],
             }
+            distributed.set_cpu_threads(torch_device, launch["finetune"].get("cpu_threads"))
             figures = measure.measure_model(
                 model_spec,
                 torch_device,
@@ -420,6 +421,7 @@ def plan(
                 csv=train_sample,
                 workers=workers,
             )
+            distributed.set_cpu_threads(torch_device, launch["evaluate"].get("cpu_threads"))
             figures.update(
                 measure.measure_evaluation(model_spec, torch_device, test_sample, workers)
             )

@@ -137,6 +137,7 @@ class Plan:
     device: str
     augment_on: str  # where train clips are augmented: workers | device
     augment_compile: bool  # augment_on device: the compiled kernels (clipbatch)
+    cpu_threads: int | None  # intra-op threads on the CPU device (None on CUDA)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimiser step `step` of this run (`lr_at_step`)."""
@@ -144,16 +145,22 @@ class Plan:
 
 
 def make_plan(
-    spec: dict, world_size: int, train_videos: int, val_videos: int, device: torch.device
+    spec: dict,
+    world_size: int,
+    train_videos: int,
+    val_videos: int,
+    device: torch.device,
+    train_csv: str = "the train split",
 ) -> Plan:
-    """Check the spec's numbers against the process count and the split sizes."""
+    """Check the spec's numbers against the process count and the split sizes (`train_csv`:
+    the user's file, named when it holds fewer videos than one global batch)."""
     ft, recipe = spec["finetune"], spec["recipe"]
     accumulation = accumulation_steps(ft["global_batch"], ft["batch_per_gpu"], world_size)
     steps_per_epoch = train_videos // ft["global_batch"]
     if steps_per_epoch == 0:
         raise SpecError(
-            f"the train split has {train_videos} videos, fewer than one global batch "
-            f"(finetune.global_batch {ft['global_batch']})"
+            f"{train_csv}: {train_videos} video(s); a fine-tune step takes one global batch "
+            f"of {ft['global_batch']} (finetune.global_batch)"
         )
     num_sample = spec["data"]["augment"]["num_sample"]
     if (recipe["mixup"] > 0 or recipe["cutmix"] > 0) and (ft["batch_per_gpu"] * num_sample) % 2:
@@ -187,6 +194,7 @@ def make_plan(
         device=device.type,
         augment_on=augment_placement(spec["data"].get("augment_on", "auto"), device),
         augment_compile=augment_compile(spec["data"].get("augment_compile", "auto"), device),
+        cpu_threads=torch.get_num_threads() if device.type == "cpu" else None,
     )
 
 

@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -76,6 +77,10 @@ def unpack_state(path: Path) -> dict:
             f"header says {digest[:12]}...): truncated or corrupt"
         )
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+class StateNotSaved(RuntimeError):
+    """A save found no space (the message names the file, the bytes, and what to do)."""
 
 
 class StateStore:
@@ -126,12 +131,24 @@ class StateStore:
         return None
 
     def save(self, state: dict) -> int:
-        """Write `state`; returns its size in bytes."""
+        """Write `state`; returns its size in bytes. A full disk (or quota) is StateNotSaved,
+        naming the file and the bytes: the previous good state is kept whole (the temp file
+        is removed, `prev` or an untouched `last` is what a rerun resumes from)."""
         blob = pack_state(state)
         if self.last_is_good and self.last.exists():
             os.replace(self.last, self.prev)
-        with atomic_write(self.last, "wb") as handle:
-            handle.write(blob)
+        try:
+            with atomic_write(self.last, "wb") as handle:
+                handle.write(blob)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            free = shutil.disk_usage(self.last.parent).free
+            raise StateNotSaved(
+                f"{self.last}: {os.strerror(err.errno).lower()} for the state ({len(blob)} "
+                f"bytes needed, {free} free): the previous state is intact; free space and "
+                "rerun to resume"
+            ) from err
         self.last_is_good = True
         return len(blob)
 

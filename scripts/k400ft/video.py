@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from k400ft import augment
 from k400ft.decoders import DECODERS, describe_error, open_video, read_frames
 from k400ft.io import atomic_write, die_with_parent
+from k400ft.schedule import SpecError
 
 LOG = logging.getLogger("k400ft.video")
 cv2.setNumThreads(1)  # the resize, one thread per process: the workers are the parallelism
@@ -338,8 +339,8 @@ class _SplitVideos(Dataset):
         self.mean = torch.tensor(data_cfg["mean"], dtype=torch.float32)
         self.std = torch.tensor(data_cfg["std"], dtype=torch.float32)
         self.decoder = str(data_cfg.get("decoder", "decord"))
-        if self.decoder not in DECODERS:
-            raise ValueError(f"data.decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
+        if self.decoder not in DECODERS:  # a refused spec (a stage's script exits 2)
+            raise SpecError(f"data.decoder: {self.decoder!r} is not one of {', '.join(DECODERS)}")
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -358,9 +359,10 @@ class TrainDataset(_SplitVideos):
     instead (frames [T, H, W, 3] uint8, the clips' ClipParams, labels, index), batched by
     `train_collate_frames`. Augmentations are a function of (seed, epoch, index): call
     `set_epoch(epoch)` before iterating an epoch (the epoch lives in shared memory, so
-    persistent workers see it). A video that fails to decode is logged and replaced by the
-    next index, at most `max_attempts` tries (then a RuntimeError names the videos); the
-    returned index is the video actually used.
+    persistent workers see it). A train video that fails to decode is logged and replaced by
+    the next index, at most `max_attempts` tries (then a RuntimeError names the videos); the
+    returned index is the video actually used. A validation video that fails is logged and
+    excluded (an item of no clip): the epoch's val_videos count those that decode.
     """
 
     def __init__(
@@ -419,12 +421,17 @@ class TrainDataset(_SplitVideos):
                     frames = self.load(video, rng)
                 # decord raises several exception types; a bad file must not kill a worker
                 except Exception as err:
+                    excluded = self.sampler is None  # validation: not replaced
                     LOG.warning(
-                        "%s: cannot decode %s (%s); trying the next video",
+                        "%s: cannot decode %s (%s); %s",
                         self.mode,
                         self.path(video),
                         describe_error(err),
+                        "excluded" if excluded else "trying the next video",
                     )
+                    if excluded:
+                        shape = (0, 3, self.num_frames, self.input_size, self.input_size)
+                        return torch.empty(shape), torch.empty(0, dtype=torch.int64), video
                     tried.append(self.path(video))
                     continue
                 labels = torch.full((self.num_sample,), int(self.labels[video]))
