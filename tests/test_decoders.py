@@ -13,9 +13,9 @@ import av
 import numpy as np
 import pytest
 import torch
-import yaml
 from videos import (
     VARIANTS,
+    demo_data,
     frame_pattern,
     packet_spans,
     truncate,
@@ -31,8 +31,7 @@ from k400ft import video as V
 
 torch.set_num_threads(1)
 
-DATA = yaml.safe_load((Path(__file__).parents[1] / "demo" / "config.yaml").read_text())["data"]
-DATA.update(input_size=32, short_side_size=32)
+DATA = demo_data(32)
 FRAMES = 60
 # where decord's keyframe table counts in decode order and display order differs
 DECORD_MISNUMBERS = {"open_gop", "mpeg4"}

@@ -895,7 +895,7 @@ def test_the_cpu_thread_count_is_the_specs_whatever_the_jobs_cpus(tiny):
 
 def test_a_validation_video_that_fails_is_excluded_not_replaced(tiny):
     """val_videos counts the videos that decode: a broken one was replaced by the next video
-    (5 validated where 4 decode)."""
+    (VAL_VIDEOS + 1 validated where VAL_VIDEOS decode)."""
     root, spec = tiny
     broken = root / "broken_val"
     broken.mkdir(exist_ok=True)
@@ -907,7 +907,7 @@ def test_a_validation_video_that_fails_is_excluded_not_replaced(tiny):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"validation: cannot decode {root}/videos/v03.mp4 (" in proc.stderr
     (epoch,) = [line for line in outcome(broken / "out")[1] if line["type"] == "epoch"]
-    assert epoch["val_videos"] == 4
+    assert epoch["val_videos"] == VAL_VIDEOS
 
 
 def test_kill_9_of_torchrun_takes_its_trainers_and_workers_with_it(tiny, ddp_reference):

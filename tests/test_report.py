@@ -19,29 +19,27 @@ from k400ft import metrics, report, stats
 ROOT = Path(__file__).resolve().parents[1]
 K = 8
 LABELS = [f"class {chr(97 + i)}" for i in range(K)]
+
+
+def spec_row(key: str, name: str, epochs: int, published: tuple, finetuned: bool) -> dict:
+    """One row of the plan's spec; a fine-tuned row has one run, seed 0."""
+    top1, top5 = published
+    return {
+        key: {
+            "name": name,
+            "pretrain_epochs": epochs,
+            "published": {"top1": top1, "top5": top5},
+            "finetuned": finetuned,
+            "runs": {key: 0 if finetuned else None},
+        }
+    }
+
+
 SPEC = {
     "rows": {
-        "catmae_vits16": {
-            "name": "CatMAE ViT-S/16",
-            "pretrain_epochs": 300,
-            "published": {"top1": None, "top5": None},
-            "finetuned": True,
-            "runs": {"catmae_vits16": 0},
-        },
-        "videomae_vits16": {
-            "name": "VideoMAE ViT-S/16",
-            "pretrain_epochs": 1600,
-            "published": {"top1": 79.0, "top5": 93.8},
-            "finetuned": True,
-            "runs": {"videomae_vits16": 0},
-        },
-        "videomae_released": {
-            "name": "VideoMAE ViT-S/16 (released)",
-            "pretrain_epochs": 1600,
-            "published": {"top1": 79.0, "top5": 93.8},
-            "finetuned": False,
-            "runs": {"videomae_released": None},
-        },
+        **spec_row("catmae_vits16", "CatMAE ViT-S/16", 300, (None, None), True),
+        **spec_row("videomae_vits16", "VideoMAE ViT-S/16", 1600, (79.0, 93.8), True),
+        **spec_row("videomae_released", "VideoMAE ViT-S/16 (released)", 1600, (79.0, 93.8), False),
     },
     "num_frames": 16,
     "evaluate": {"num_segments": 5, "num_crops": 3, "batch_views": 30},

@@ -3,12 +3,10 @@
 import copy
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from reference import (
     ClipAugment,
@@ -20,16 +18,21 @@ from reference import (
     upstream_test_view,
 )
 from torchvision.transforms import RandomResizedCrop
-from videos import frame_number, frame_pattern, k400_like_frames, write_mp4, write_pattern_mp4
+from videos import (
+    demo_data,
+    frame_number,
+    frame_pattern,
+    k400_like_frames,
+    write_mp4,
+    write_pattern_mp4,
+)
 
 from k400ft import augment as A
 from k400ft import video as V
 
 torch.set_num_threads(1)
 
-# the demo's data section (paper recipe, small frames), at 32 px to keep the tests fast
-DATA = yaml.safe_load((Path(__file__).parents[1] / "demo" / "config.yaml").read_text())["data"]
-DATA.update(input_size=32, short_side_size=32)
+DATA = demo_data(32)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,14 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
+
+
+def demo_data(size: int = 32) -> dict:
+    """The demo's data section (paper recipe, small frames), at `size` px to keep tests fast."""
+    data = yaml.safe_load((Path(__file__).parents[1] / "demo" / "config.yaml").read_text())["data"]
+    return {**data, "input_size": size, "short_side_size": size}
 
 
 def frame_pattern(
