@@ -539,3 +539,34 @@ def test_fused_multiply_add_contraction_moves_at_most_one_level(frames):
     fused = torch.compile(C.crop_finish, dynamic=True, options=CONTRACTED)(*finish, 32)
     assert not torch.equal(eager, fused), "contraction forced but nothing changed"
     assert torch.allclose(eager, fused, rtol=2**-23, atol=2**-22)
+
+
+def test_every_kind_compiles_every_graph_before_the_plan_times_a_step():
+    """measure.every_kind turns a loader batch into one that runs every graph (each op kind,
+    the crop, the erasing), the caller's RNG streams untouched: after it, random batches
+    compile nothing. With the loader's batch alone (2 clips draw a few kinds) the plan's timed
+    window compiled the rest (about 2 s in one step, the fed step then 45% above its parts)."""
+    from k400ft import measure as M
+
+    torch._dynamo.reset()  # the graphs earlier tests compiled would hide a missing one
+    compiled = A.ClipAugmenter(DATA, pil_on_cpu=False, compiled=True)
+    rng = random.Random(11)
+    frames, params = random_batch(rng)
+    while not any(c.erase for clips in params for c in clips):
+        frames, params = random_batch(rng)
+    groups, sizes = A.group_frames(frames)
+    labels = torch.arange(sum(len(clips) for clips in params))
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    warm = M.every_kind((groups, sizes, params, labels, labels), A.ClipSampler(DATA))
+    assert random.getstate() == states[0] and torch.equal(torch.get_rng_state(), states[2])
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), states[1], strict=True))
+    made = [C.op_kind(op[0]) for clips in warm[2] for clip in clips for op in clip.ops]
+    assert sorted(set(made)) == sorted(C.KINDS) and len(warm[3]) == len(made) + len(frames)
+    before = C.compile_stats()["graphs"]
+    compiled.batch(warm[0], warm[2], warm[1], by_size=False)
+    start = C.compile_stats()["graphs"]
+    assert 0 < start - before <= len(C.KINDS) + 2
+    for number in range(30):
+        frames, params = random_batch(rng)
+        compiled.batch(frames, params, by_size=number % 2 == 0)
+    assert C.compile_stats()["graphs"] == start

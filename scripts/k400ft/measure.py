@@ -17,6 +17,7 @@ choices (CPU per item, the items whose frames differ).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -163,6 +164,7 @@ class Trainer:
             if self.augment_on == "device"
             else None
         )
+        self.data = data
 
     def clips(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Synthetic clips and labels, made on the device: "model alone" copies nothing."""
@@ -230,11 +232,40 @@ def time_fed(trainer: Trainer, batches: Iterator, warmup: int, steps: int) -> di
     return {"step_s": elapsed / steps, "data_wait": feeder.pop_wait() / elapsed}
 
 
+def every_kind(batch: tuple, sampler: augment.ClipSampler, draws: int = 200) -> tuple:
+    """A loader batch (`video.train_collate_frames`) whose clips run every graph of the
+    compiled batch: per video, one clip per op kind (`clipbatch.KINDS`) and one without any
+    op, each with the video's first clip's crop and flip and the batch's first erasing box.
+    The ops are timm's RandAugment draws under fixed seeds (the caller's RNG streams kept); a
+    kind the config never draws in `draws` clips is left out, as training would never run it."""
+    frames, sizes, params, labels, _ = batch
+    ops: dict[str, tuple] = {}
+    for draw in range(draws):
+        with video.item_rngs(0, 0, draw):
+            for op in sampler.rand_augment([]):
+                ops.setdefault(clipbatch.op_kind(op[0]), op)
+        if len(ops) == len(clipbatch.KINDS):
+            break
+    erase = next((c.erase for clips in params for c in clips if c.erase is not None), None)
+    clips = [
+        [
+            dataclasses.replace(first, ops=chosen, erase=erase)
+            for chosen in [(), *((op,) for op in ops.values())]
+        ]
+        for first in (video_params[0] for video_params in params)
+    ]
+    count = sum(len(c) for c in clips)
+    return frames, sizes, clips, labels[:1].repeat(count), torch.zeros(count, dtype=torch.int64)
+
+
 def time_augment_compile(trainer: Trainer, batch: tuple) -> dict:
-    """With the compiled augmentation: the graphs one batch compiles in this process and the
-    seconds it takes beyond a second call (what a fine-tune pays once, in its first steps)."""
+    """With the compiled augmentation: the graphs it compiles in this process (every op kind,
+    the crop and the erasing, run once on `every_kind(batch)`, so that none compiles later in
+    a timed step) and the seconds that takes beyond a second call (what a fine-tune pays once,
+    in its first steps)."""
     if trainer.augmenter is None or not trainer.augment_compiled:
         return {}
+    batch = every_kind(batch, augment.ClipSampler(trainer.data))
     before = clipbatch.compile_stats()
     seconds = []
     for _ in range(2):
