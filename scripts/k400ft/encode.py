@@ -483,12 +483,30 @@ def _run_alone(task: tuple, work: Callable[..., dict[str, Any]]) -> dict[str, An
             }
 
 
+def encode_pairs(
+    pairs: Sequence[tuple[str, str]],
+    settings: Settings,
+    workers: int,
+    psnr_videos: int,
+    psnr_frames: int,
+    work: Callable[..., dict[str, Any]],
+    desc: str,
+) -> list[dict[str, Any]]:
+    """work(source, dest, settings, PSNR frames) for each (source, dest) pair (`encode_all`),
+    the PSNR measured on `psnr_frames` frames of `psnr_videos` of them, spread evenly."""
+    measured = set(sample_positions(len(pairs), psnr_videos))
+    tasks = [
+        (source, dest, settings, psnr_frames if i in measured else 0)
+        for i, (source, dest) in enumerate(pairs)
+    ]
+    return encode_all(tasks, workers, work, desc)
+
+
 def encode_all(
     tasks: Sequence[tuple],
     workers: int,
     work: Callable[..., dict[str, Any]],
     desc: str,
-    failed: str = "the original is kept",
 ) -> list[dict[str, Any]]:
     """Run work(*task) for each task (its first item the source) in `workers` processes,
     with a progress bar on stderr; the records in the order of `tasks`. A process killed by a
@@ -507,7 +525,7 @@ def encode_all(
     def done(index: int, record: dict[str, Any]) -> None:
         records[index] = record
         if record["status"] == "failed":
-            LOG.warning("%s: %s (%s)", record["source"], record["reason"], failed)
+            LOG.warning("%s: %s (the original is kept)", record["source"], record["reason"])
         bar.update(1)
 
     try:

@@ -60,8 +60,6 @@ RETRIES = 6  # transient errors in a row, without a byte arriving, before the jo
 BACKOFF_S = 2.0  # the first wait; doubled each retry, at most MAX_WAIT_S
 MAX_WAIT_S = 120.0
 TIMEOUT_S = (30.0, 120.0)  # connect, read (between bytes)
-SPLIT_PARTS = ("train", "val")  # the splits the workflow fetches (the paper tests on val)
-REPLACEMENT = "replacement"  # the replacement archive, fetched as a one-part "split"
 
 
 class FetchError(RuntimeError):

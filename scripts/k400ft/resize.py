@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from k400ft import encode
-from k400ft.encode import copy_video, encode_all, encode_one, sample_positions, writing
+from k400ft.encode import copy_video, encode_one, encode_pairs, writing
 from k400ft.io import atomic_write, check_writable
 from k400ft.shards import collect, shard_items, summarize, write_shard
 
@@ -110,12 +110,9 @@ def run_shard(
         settings.preset,
         f", a keyframe every {settings.keyint} frames" if settings.keyint else "",
     )
-    measured = set(sample_positions(len(mine), psnr_videos))
-    tasks = [
-        (source, dest, settings, psnr_frames if i in measured else 0)
-        for i, (source, dest) in enumerate(mine)
-    ]
-    records = encode_all(tasks, workers, work, "resizing videos", "the original is kept")
+    records = encode_pairs(
+        mine, settings, workers, psnr_videos, psnr_frames, work, "resizing videos"
+    )
     return write_shard(output, shard, shards, settings, started, records)
 
 

@@ -39,7 +39,6 @@ def write_shard(
     settings: Settings,
     started: float,
     records: list[dict[str, Any]],
-    **extra: Any,
 ) -> dict[str, Any]:
     """Write a shard job's record to `output` (JSON: the shard, the settings, its wall seconds
     since `started` (time.monotonic) and core-seconds, one record per video) and return it."""
@@ -47,7 +46,6 @@ def write_shard(
         "shard": shard,
         "shards": shards,
         "settings": settings.as_dict(),
-        **extra,
         "seconds": time.monotonic() - started,
         "core_seconds": sum(r["core_seconds"] for r in records),
         "records": records,

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from k400ft import encode
-from k400ft.encode import EncodeError, encode_all, encode_one, sample_positions, writing
+from k400ft.encode import EncodeError, encode_one, encode_pairs, writing
 from k400ft.io import atomic_write, check_writable
 from k400ft.shards import collect, shard_items, summarize, write_shard
 from k400ft.video import read_split_csv, write_split_csv
@@ -112,12 +112,10 @@ def transcode_sources(
     records in the order of `sources`. A process killed by a file (a decoder crash) is
     retried with each file in flight alone, and the one that kills it is reported failed.
     An OutputError (a copy cannot be written) is raised at once."""
-    measured = set(sample_positions(len(sources), psnr_videos))
-    tasks = [
-        (source, str(copy_path(source, videos_dir)), settings, psnr_frames if i in measured else 0)
-        for i, source in enumerate(sources)
-    ]
-    return encode_all(tasks, workers, work, "transcoding videos")
+    pairs = [(source, str(copy_path(source, videos_dir))) for source in sources]
+    return encode_pairs(
+        pairs, settings, workers, psnr_videos, psnr_frames, work, "transcoding videos"
+    )
 
 
 def run_shard(
