@@ -226,7 +226,8 @@ def demo_archive_folder():
 
 
 def archive_folder(replacement):
-    """The archive's folder, from the path of its replacement archive in it."""
+    """The archive's folder, from the path of its replacement archive in it (a param derived
+    from an output, as Snakemake's lint asks of a path prefix)."""
     return replacement.removesuffix(KINETICS["archive"]["replacement"]).rstrip("/")
 
 
@@ -246,6 +247,8 @@ def checkpoint_source(wildcards):
 KINETICS = config["kinetics"]
 ARCHIVE = KINETICS["source"] == "archive"
 ARCHIVES = f"{KINETICS['root']}/archives"  # the parts, while they are kept
+# why a part was not fetched, one record per part (read by the summary of missing parts)
+FETCH_FAILED = f"{RESULTS}/kinetics/fetch/failed"
 PART_SPLITS = list(KINETICS["archive"]["parts"])  # train, val: the paper tests on val
 RESIZE = ARCHIVE and KINETICS["resize_short_side"] is not None
 # with data.transcode on, the resize's one encode makes the short keyframes too
@@ -359,7 +362,7 @@ def missing_spec():
         "parts": {split: part_names(split) for split in [*PART_SPLITS, "replacement"]},
         "archives": ARCHIVES,
         "manifests": f"{RESULTS}/kinetics/extract",
-        "failures": f"{RESULTS}/kinetics/fetch/failed",
+        "failures": FETCH_FAILED,
         "output": f"{RESULTS}/kinetics/missing.json",
     }
 

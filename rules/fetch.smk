@@ -93,7 +93,7 @@ if ARCHIVE:
             runtime=lambda wc, attempt: 120 * attempt,
         params:
             source=fetch_source,
-            failure=f"{RESULTS}/kinetics/fetch/failed/{{split}}/part_{{index}}.json",
+            failure=f"{FETCH_FAILED}/{{split}}/part_{{index}}.json",
         shell:
             "python scripts/kinetics.py fetch {params.source} --tar --output {output.part:q}"
             " --failure {params.failure:q} 2> {log:q}"
