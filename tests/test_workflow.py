@@ -180,6 +180,13 @@ def test_demo_dag_dry_run(tmp_path):
     # (params: a change reruns them), not the job's OMP_NUM_THREADS
     assert out.count('"cpu_threads": 2') == 4, out[-3000:]
     assert '"cpu_threads"' not in paper_dry_run(tmp_path / "paper", "-p")  # CUDA: not used
+    # the archive's params hold only what its bytes depend on (the whole kinetics section
+    # rebuilt it, and so every fetch and extract, on a change of the resize settings)
+    (command,) = [line for line in out.splitlines() if "make_demo.py archive" in line]
+    archive = json.loads(command.split("--kinetics '", 1)[1].split("'", 1)[0])
+    assert set(archive) == {"layout", "annotations", "video_dirs", "extensions", "num_classes",
+                            "archive"}  # fmt: skip
+    assert set(archive["archive"]) == {"lists", "parts", "annotations", "replacement"}
 
 
 DEMO_JOBS = {
