@@ -34,8 +34,10 @@ packet, no file named), the scan says why (`broken_verdict`).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -232,13 +234,8 @@ class DecordVideo(VideoReader):
 def open_video(path: str | Path, decoder: str = "decord") -> DecordVideo | PyAVVideo:
     """A reader of `path` with one decoding thread; `decoder` is one of DECODERS."""
     if decoder == "decord":
-        try:
+        with explained(path):
             return DecordVideo(path)
-        except Exception as err:  # decord's DECORDError, RuntimeError, ...
-            broken = broken_verdict(path)
-            if broken is None:
-                raise
-            raise broken from err
     if decoder == "pyav":
         return PyAVVideo(path)
     raise ValueError(f"unknown decoder {decoder!r}: use one of {', '.join(DECODERS)}")
@@ -259,6 +256,20 @@ def broken_verdict(path: str | Path) -> BrokenVideoError | None:
     return None
 
 
+@contextlib.contextmanager
+def explained(path: str | Path | None) -> Iterator[None]:
+    """decord's error (DECORDError, RuntimeError, ...) on `path` raised as the
+    `broken_verdict` naming the file, where PyAV's scan finds one; else as it is (and always
+    without a path: a bare VideoReader)."""
+    try:
+        yield
+    except Exception as err:
+        broken = broken_verdict(path) if path is not None else None
+        if broken is None:
+            raise
+        raise broken from err
+
+
 def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndarray:
     """Frames at `indices` as [len(indices), H, W, 3] uint8, each distinct frame decoded once.
 
@@ -270,13 +281,8 @@ def read_frames(reader: VideoReader | PyAVVideo, indices: np.ndarray) -> np.ndar
     if isinstance(reader, PyAVVideo):
         batch = reader.frames(unique)
     else:
-        try:
+        with explained(getattr(reader, "path", None)):
             batch = reader.get_batch(unique.tolist()).asnumpy()
-        except Exception as err:  # decord's DECORDError, RuntimeError, ...
-            broken = broken_verdict(reader.path) if hasattr(reader, "path") else None
-            if broken is None:
-                raise
-            raise broken from err
     if len(unique) == len(indices) and np.array_equal(unique, indices):
         return batch
     return batch[inverse.reshape(-1)]

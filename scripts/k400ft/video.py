@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from k400ft import augment
+from k400ft import augment, clipbatch
 from k400ft.decoders import DECODERS, describe_error, open_video, read_frames
 from k400ft.io import atomic_write, die_with_parent
 from k400ft.schedule import SpecError
@@ -290,7 +290,7 @@ def normalize_views(
         torch.as_tensor(mean, dtype=torch.float32, device=views.device),
         torch.as_tensor(std, dtype=torch.float32, device=views.device),
     )
-    return views * scale + shift
+    return clipbatch.normalise(views, scale, shift)
 
 
 @contextlib.contextmanager
