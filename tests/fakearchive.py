@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from httpfiles import requested_start, send_bytes
+from httpfiles import FileHandler, requested_start, send_bytes
 
 FAULTS = (
     "drop_once",
@@ -84,18 +84,7 @@ class FakeArchive:
         self._thread.join()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
-        pass
-
-    def handle_one_request(self) -> None:
-        try:
-            super().handle_one_request()
-        except OSError:  # the client hung up mid-response (a resume, a kill)
-            self.close_connection = True
-
+class _Handler(FileHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 

@@ -38,7 +38,7 @@ from typing import NamedTuple
 from urllib.parse import parse_qs, quote, urlsplit
 
 import trustme
-from httpfiles import requested_start, send_bytes
+from httpfiles import FileHandler, requested_start, send_bytes
 
 HOSTS = (
     "drive.google.com",
@@ -200,20 +200,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             drive.tunnel_closed(tunnel)
 
 
-class _DriveHandler(BaseHTTPRequestHandler):
+class _DriveHandler(FileHandler):
     """drive.google.com, drive.usercontent.google.com and accounts.google.com."""
 
-    protocol_version = "HTTP/1.1"
     server: _ProxyServer
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
-        pass
-
-    def handle_one_request(self) -> None:
-        try:
-            super().handle_one_request()
-        except OSError:  # the client hung up mid-response (e.g. gdown resuming by range)
-            self.close_connection = True
 
     def do_GET(self) -> None:
         drive = self.server.drive

@@ -12,6 +12,22 @@ from http.server import BaseHTTPRequestHandler
 PIECE = 16 * 1024  # what a paced response sends between its pauses
 
 
+class FileHandler(BaseHTTPRequestHandler):
+    """What both fake servers' handlers share: HTTP/1.1 keep-alive, no request log, and a
+    client that hangs up mid-response (a resume, a kill) ends its connection quietly."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+        pass
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except OSError:
+            self.close_connection = True
+
+
 def requested_start(handler: BaseHTTPRequestHandler, etag: str) -> int:
     """The first byte a GET asks for: N of `Range: bytes=N-` when its If-Range (if any) is
     `etag`, else 0 (the whole file)."""

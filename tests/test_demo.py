@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import MINI_DEMO
+from conftest import MINI_DEMO, MINI_KINETICS
 
 from k400ft import demo, layouts, models
 
@@ -27,14 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 DEMO = {**MINI_DEMO, "train_per_class": 3, "val_per_class": 2, "frames": [24, 32], "seed": 3}
-KINETICS = {
-    "root": "",  # set per tree
-    "layout": "annotations",
-    "annotations": {"train": "annotations/train.csv", "val": "annotations/validate.csv"},
-    "video_dirs": {"train": "train", "val": "val"},
-    "extensions": ["mp4"],
-    "num_classes": 8,
-}
+KINETICS = {k: v for k, v in MINI_KINETICS.items() if k != "archive"}  # root: set per tree
 NAME = re.compile(r"^[A-Za-z0-9_-]{11}_\d{6}_\d{6}\.mp4$")
 
 
